@@ -1,0 +1,199 @@
+"""The `kdlab` command: train, distill, eval, demo, list.
+
+Bad input ends with one line `kdlab: error: ...` naming the problem and the fix, exit status 2, no
+traceback, nothing overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from .errors import KdlabError
+
+
+def _common_run_args(p: argparse.ArgumentParser, model_flag: str = "--model") -> None:
+    p.add_argument("--data", help="dataset name (kdlab list datasets); default digits")
+    p.add_argument("--data-root", help="folder holding the dataset files (default $KDLAB_DATA or ./data)")
+    p.add_argument(model_flag, dest="model", help="model name (kdlab list models)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--precision", help="fp32 | bf16 | fp16 (autocast; bf16 works on CPU)")
+    p.add_argument("--fraction", type=float, help="train on a stratified fraction of the data, e.g. 0.5")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="run directory (default runs/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--config", help="YAML config file; flags and key=value override it")
+    p.add_argument("--channels-last", action="store_true", default=None)
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the trained model")
+    p.add_argument("--deterministic", action="store_true", default=None, help="bit-reproducible CPU runs")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. optim.lr=0.1 method.kd.temperature=4 data.workers=4")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdlab", description="Knowledge distillation for image classifiers.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model with cross-entropy (a teacher or a baseline student)")
+    _common_run_args(p)
+
+    p = sub.add_parser("distill", help="distill a trained teacher into a student")
+    _common_run_args(p, "--student")
+    p.add_argument("--teacher", action="append", help="teacher checkpoint (a kdlab last.pt/best.pt)")
+    p.add_argument("--teacher-model", help="architecture of an outside teacher (with --teacher-weights)")
+    p.add_argument("--teacher-weights", help="local weights file of the outside teacher")
+    p.add_argument("--method", help="method name or combination, e.g. kd, dkd, dist, kd+at")
+    p.add_argument("--ce-weight", type=float, help="cross-entropy weight (default: the method's)")
+    p.add_argument("--init-epochs", type=int, help="epochs of a method's initialisation stage")
+
+    p = sub.add_parser("mutual", help="deep mutual learning: a cohort of students trained together")
+    _common_run_args(p, "--models")
+    p.add_argument("--variant", default="dml", help="dml (KL from each peer) | dml_e (KL from the peers' average)")
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint: top-1, top-5, NLL, ECE")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--data-root")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("list", help="list models, datasets or methods")
+    p.add_argument("what", choices=["models", "datasets", "methods"])
+
+    p = sub.add_parser("demo", help="a real distillation on the embedded digits data, with a results table")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--force", action="store_true", help="replace an earlier demo in --out")
+    return parser
+
+
+FLAG_KEYS = {  # argparse dest -> config key
+    "data": "data.name", "data_root": "data.root", "model": "model", "epochs": "optim.epochs",
+    "batch_size": "data.batch_size", "lr": "optim.lr", "precision": "precision", "fraction": "data.fraction",
+    "seed": "seed", "out": "out", "channels_last": "channels_last", "compile": "compile",
+    "deterministic": "deterministic", "device": "device", "threads": "threads", "teacher": "teachers",
+    "teacher_model": "teacher_model", "teacher_weights": "teacher_weights", "method": "method",
+    "ce_weight": "ce_weight", "init_epochs": "init_epochs",
+}
+
+
+def config_from_args(args: argparse.Namespace):
+    from . import config as cfg
+
+    layers: list[dict[str, Any]] = []
+    if args.config:
+        layers.append(cfg.load_yaml(args.config))
+    flags = [f"{key}={_yaml(getattr(args, dest))}" for dest, key in FLAG_KEYS.items()
+             if getattr(args, dest, None) is not None]
+    layers.append(cfg.parse_overrides(flags))
+    layers.append(cfg.parse_overrides(args.overrides))
+    return cfg.build(layers)
+
+
+def _yaml(value: Any) -> str:
+    import json
+
+    return json.dumps(value) if isinstance(value, (list, bool)) or value is None else str(value)
+
+
+def cmd_list(what: str) -> None:
+    if what == "models":
+        from . import models
+
+        for name in models.list_models():
+            print(f"{name:<20} {models.model_info(name).get('description', '')}")
+        print("tv:<name>            any torchvision classification model (weights from a local file only)")
+    elif what == "datasets":
+        from . import data
+
+        for name in data.list_datasets():
+            info = data.dataset_info(name)
+            classes = info.get("num_classes") or "any"
+            print(f"{name:<14} {classes:>5} classes  {info.get('description', '')}")
+    else:
+        from . import methods
+
+        for name in methods.list_methods():
+            cls = methods.get(name)
+            hp = ", ".join(f"{k}={v}" for k, v in cls.defaults.items())
+            print(f"{name:<13} {cls.paper}\n{'':<13} defaults: ce_weight={cls.ce_weight}, {hp}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from . import data as datasets
+    from .engine.evaluate import evaluate
+    from .engine.precision import pick_device
+    from .run import load_trained_model
+
+    device = pick_device(args.device)
+    _, test_loader, info = datasets.build_loaders(args.data, root=args.data_root, test_batch_size=args.batch_size,
+                                                  device=str(device))
+    model, arch = load_trained_model(args.checkpoint, info, role="checkpoint")
+    result = evaluate(model.to(device), test_loader, device, args.precision, num_classes=info.num_classes)
+    print(f"{arch['model']} on {info.name} ({result.count} test images): top-1 {result.top1:.2f}%  "
+          f"top-5 {result.top5:.2f}%  NLL {result.nll:.4f}  ECE {result.ece:.2f}%")
+
+
+def cmd_mutual(args: argparse.Namespace) -> None:
+    from .mutual import run_mutual
+
+    names = [n.strip() for n in (args.model or "").split(",") if n.strip()]
+    if len(names) < 2:
+        raise KdlabError("deep mutual learning needs at least 2 students; pass --models a,b[,c...]")
+    args.model = names[0]  # the recipe (e.g. MobileNet's LR) follows the first student
+    config = config_from_args(args)
+    summary = run_mutual(config, names, args.variant, resume=args.resume, quiet=args.quiet)
+    for name, result in summary["students"].items():
+        print(f"{name:<24} top-1 {result['top1']:6.2f}%  ECE {result['ece']:5.2f}%")
+    print(f"run directory {summary['run_dir']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # key=value overrides may stand anywhere among the flags; argparse takes one contiguous run of them.
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command in ("train", "distill"):
+            from .run import run_distill, run_train
+
+            config = config_from_args(args)
+            runner = run_train if args.command == "train" else run_distill
+            summary = runner(config, resume=args.resume, quiet=args.quiet)
+            print(f"done: best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), last top-1 "
+                  f"{summary['last'].get('test_top1', float('nan')):.2f}%; run directory {summary['run_dir']}")
+        elif args.command == "mutual":
+            cmd_mutual(args)
+        elif args.command == "eval":
+            cmd_eval(args)
+        elif args.command == "list":
+            cmd_list(args.what)
+        elif args.command == "demo":
+            from .demo import run_demo
+
+            run_demo(args.out, epochs=args.epochs, force=args.force)
+    except KdlabError as exc:
+        print(f"kdlab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdlab: interrupted; resume the run with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Typed run configuration: dataclasses, YAML load/dump, dotted `key=value` overrides, recipes.
+
+A run's config is built in layers, each overriding the one before:
+defaults → data recipe (CIFAR, MNIST, ...) → YAML file (`--config`) → command-line flags → `key=value`.
+Every key is validated: an unknown one is an error naming the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import KdlabError, closest
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    root: str | None = None
+    fraction: float | None = None
+    coarse: bool = False
+    augment: bool = True
+    batch_size: int = 64
+    test_batch_size: int = 256
+    workers: int = 2
+    image_size: int | None = None
+    student_resolution: int | None = None  # cross-quality: the student sees this resolution
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 240
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "step"  # step | cosine | constant
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+
+
+@dataclass
+class Config:
+    """Everything a `kdlab train` / `kdlab distill` run needs; saved as config.yaml in the run directory."""
+
+    model: str = "resnet8"  # the trained model (the student, when distilling)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    out: str | None = None
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    device: str = "auto"
+    threads: int | None = None
+    log_every: int = 50
+    # distillation
+    teachers: list[str] = field(default_factory=list)  # kdlab checkpoints
+    teacher_model: str | None = None  # outside teacher: architecture name ...
+    teacher_weights: str | None = None  # ... and its local weights file
+    teacher_mix: list[float] | None = None  # weights of several teachers (equal when None)
+    method: str | None = None  # "kd", "kd+at", ...
+    ce_weight: float | None = None  # None: the method's default
+    init_epochs: int | None = None  # init stages of two-stage methods (FitNet, FT, AB, FSP)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # method.<name>.<hp> = value
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+SCHEDULES = ("step", "cosine", "constant")
+
+
+def recipe(data_name: str, model_name: str) -> dict[str, Any]:
+    """Standard training recipe for a dataset (and model), as a nested dict of config values.
+
+    CIFAR follows the CRD/RepDistiller protocol (../shared/RESULTS.md §2.1): 240 epochs, SGD 0.9, lr 0.05
+    (0.01 for MobileNetV2/ShuffleNet), ×0.1 at 150/180/210, batch 64, weight decay 5e-4. ImageNet follows
+    torchvision/mdistiller: 100 epochs, lr 0.1, ×0.1 at 30/60/90, batch 256, weight decay 1e-4.
+    """
+    light_model = any(key in model_name for key in ("mobilenet", "shufflenet"))
+    if data_name in ("cifar10", "cifar100"):
+        return {"optim": {"epochs": 240, "lr": 0.01 if light_model else 0.05, "schedule": "step",
+                          "milestones": [150, 180, 210], "gamma": 0.1, "weight_decay": 5e-4},
+                "data": {"batch_size": 64}}
+    if data_name in ("imagenet", "imagefolder"):
+        return {"optim": {"epochs": 100, "lr": 0.1, "schedule": "step", "milestones": [30, 60, 90],
+                          "gamma": 0.1, "weight_decay": 1e-4},
+                "data": {"batch_size": 256, "image_size": 224}}
+    if data_name in ("mnist", "fashion-mnist"):
+        return {"optim": {"epochs": 20, "lr": 0.05, "schedule": "cosine", "weight_decay": 5e-4},
+                "data": {"batch_size": 128}}
+    # digits: the embedded quick-run default
+    return {"optim": {"epochs": 30, "lr": 0.05, "schedule": "cosine", "weight_decay": 5e-4},
+            "data": {"batch_size": 64}}
+
+
+def parse_value(text: str) -> Any:
+    """A `key=value` value: YAML scalars/lists ("0.1", "true", "[1,2]", "null"), else the raw string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["optim.lr=0.1", "method.kd.temperature=4"]` -> nested dict; 'method.' is an alias of 'methods.'."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise KdlabError(f"'{item}' is not a key=value override; write it as e.g. optim.lr=0.1")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if parts[0] == "method" and len(parts) > 1:
+            parts[0] = "methods"
+        if not all(parts):
+            raise KdlabError(f"'{item}' has an empty key part; write it as e.g. optim.lr=0.1")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise KdlabError(f"override '{item}' conflicts with another override of '{part}'")
+        node[parts[-1]] = parse_value(value)
+    return nested
+
+
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: values of `top` win; nested dicts merge."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a config YAML file into a dict, with a one-line error for missing or malformed files."""
+    path = Path(path)
+    if not path.is_file():
+        raise KdlabError(f"config file '{path}' does not exist; check the --config path")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise KdlabError(f"config file '{path}' is not valid YAML{where}; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise KdlabError(f"config file '{path}' must hold a mapping of keys to values")
+    if isinstance(data.get("method"), dict):  # `method: {kd: {...}}` is accepted for `methods:`
+        data["methods"] = merge(data.get("methods", {}), data.pop("method"))
+    return data
+
+
+def build(layers: list[dict[str, Any]]) -> Config:
+    """Merge config layers (later wins) onto the recipe of the chosen data/model and validate."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = merge(merged, layer)
+    data = merged.get("data")
+    data_name = str(data.get("name", DataConfig.name)) if isinstance(data, dict) else DataConfig.name
+    model_name = str(merged.get("model", Config.model))
+    merged = merge(recipe(data_name, model_name), merged)
+    config = from_dict(Config, merged, "")
+    validate(config)
+    return config
+
+
+def from_dict(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """Build dataclass `cls` from a dict, checking keys and coercing value types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise KdlabError(f"unknown config key '{prefix}{key}'{closest(key, fields)}; "
+                             f"valid keys here: {', '.join(fields)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise KdlabError(f"config key '{prefix}{key}' is a section; set its fields as {prefix}{key}.<name>")
+            kwargs[key] = from_dict(hint, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = coerce(value, hint, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check/convert a value against a type hint (int, float, bool, str, Optional, list, dict)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(value, inner[0], key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [coerce(v, args[0], key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise KdlabError(f"config key '{key}' needs a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise KdlabError(f"config key '{key}' needs true or false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise KdlabError(f"config key '{key}' needs a number, got {value!r}")
+        if hint is int and float(value) != int(value):
+            raise KdlabError(f"config key '{key}' needs a whole number, got {value!r}")
+        return hint(value)
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise KdlabError(f"config key '{key}' needs a single value, got {value!r}")
+        return str(value)
+    return value
+
+
+def validate(config: Config) -> None:
+    """Range checks that dataclass types cannot express."""
+    if config.precision not in PRECISIONS:
+        raise KdlabError(f"precision '{config.precision}' is not one of {', '.join(PRECISIONS)}"
+                         f"{closest(config.precision, PRECISIONS)}")
+    if config.optim.schedule not in SCHEDULES:
+        raise KdlabError(f"optim.schedule '{config.optim.schedule}' is not one of {', '.join(SCHEDULES)}"
+                         f"{closest(config.optim.schedule, SCHEDULES)}")
+    checks = [
+        (config.optim.epochs >= 1, "optim.epochs must be at least 1"),
+        (config.optim.lr > 0, "optim.lr must be positive"),
+        (config.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (config.data.batch_size >= 1, "data.batch_size must be at least 1"),
+        (config.data.fraction is None or 0 < config.data.fraction <= 1,
+         "data.fraction must be in (0, 1], e.g. 0.5, 0.25 or 0.1"),
+        (config.ce_weight is None or config.ce_weight >= 0, "ce_weight must be >= 0"),
+        (config.init_epochs is None or config.init_epochs >= 0, "init_epochs must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise KdlabError(message)
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def dump(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

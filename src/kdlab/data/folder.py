@@ -1,0 +1,188 @@
+"""ImageNet-style class folders (``<root>/train``, ``<root>/val``) through torchvision's ImageFolder.
+
+Images are decoded per sample in DataLoader workers (too large to hold in memory); batches have the
+same ``(images, targets, indices)`` form and the same (seed, epoch) ordering as the in-memory loader.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from kdlab.data.fractions import stratified_subset
+from kdlab.data.memory import epoch_generator, shard_positions, shard_size
+from kdlab.errors import KdlabError
+
+__all__ = ["IndexedImageFolder", "FolderLoader", "IMAGENET_MEAN", "IMAGENET_STD", "train_transform",
+           "test_transform"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_HINTS = {
+    "imagenet": "put the ImageNet (ILSVRC-2012) folders train/ and val/, each with one subfolder per class "
+                "(val images sorted into class folders), in <data-root>/imagenet",
+    "imagefolder": "point --data-root at a folder holding train/ and val/, each with one subfolder of images "
+                   "per class",
+}
+
+
+def train_transform(
+    image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> Callable:
+    """RandomResizedCrop + horizontal flip + ToTensor + Normalize (the standard ImageNet recipe)."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(), transforms.Normalize(mean, std),
+    ])
+
+
+def test_transform(
+    image_size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> Callable:
+    """Resize to image_size*256/224 then CenterCrop(image_size) (the standard 0.875 crop ratio)."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.Resize(int(image_size * 256 / 224)), transforms.CenterCrop(image_size),
+        transforms.ToTensor(), transforms.Normalize(mean, std),
+    ])
+
+
+def split_folder(name: str, root: Path, train: bool) -> Path:
+    """The train/ or val/ folder for ``name``; imagenet also looks in ``<root>/imagenet``."""
+    split = "train" if train else "val"
+    candidates = [root / "imagenet" / split, root / split] if name == "imagenet" else [root / split]
+    for path in candidates:
+        if path.is_dir():
+            return path
+    tried = ", ".join(str(p) for p in candidates)
+    raise KdlabError(f"{name} {split} folder not found (tried {tried}); {_HINTS[name]}")
+
+
+class IndexedImageFolder(Dataset):
+    """ImageFolder returning ``(image, target, index)``; ``index`` is the position in the full split.
+
+    ``fraction`` keeps a class-stratified seeded subset; ``augment`` selects the random training
+    transform (else the deterministic resize + center crop).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        train: bool = True,
+        image_size: int = 224,
+        fraction: float | None = None,
+        seed: int = 0,
+        augment: bool | None = None,
+        name: str = "imagefolder",
+    ) -> None:
+        from torchvision.datasets import ImageFolder
+
+        self.name = name
+        self.train = train
+        self.root = split_folder(name, Path(root), train)
+        augment = train if augment is None else augment
+        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
+        transform = (train_transform if augment else test_transform)(image_size, self.mean, self.std)
+        try:
+            self.folder = ImageFolder(str(self.root), transform=transform)
+        except (FileNotFoundError, RuntimeError) as e:
+            first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise KdlabError(f"{self.root} holds no usable class folders ({first_line}); {_HINTS[name]}") from None
+        self.class_names: list[str] = list(self.folder.classes)
+        self.num_classes = len(self.class_names)
+        self.in_channels = 3  # the default loader converts every image to RGB
+        self.image_size = image_size
+        all_targets = torch.tensor(self.folder.targets, dtype=torch.int64)
+        self.full_size = len(all_targets)
+        self.indices = (torch.arange(self.full_size) if fraction is None
+                        else stratified_subset(all_targets, fraction, seed))
+        self.targets = all_targets[self.indices]
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        index = int(self.indices[i])
+        image, target = self.folder[index]
+        return image, int(target), index
+
+
+class FolderLoader:
+    """Per-sample DataLoader over an :class:`IndexedImageFolder` with the TensorLoader's interface.
+
+    Order comes from (seed, epoch) like TensorLoader; the worker seeds come from a generator seeded by
+    (seed, epoch, rank), so random crops repeat on resume when ``workers > 0`` (with 0 workers they use
+    the global torch RNG). Workers are not persistent because they must be re-seeded each epoch.
+    """
+
+    def __init__(
+        self,
+        dataset: IndexedImageFolder,
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        device: str | torch.device = "cpu",
+        channels_last: bool = False,
+        workers: int = 2,
+        pad_shards: bool = True,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise KdlabError(f"batch size must be a positive integer, got {batch_size!r}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise KdlabError(f"rank {rank} is not in 0..{num_replicas - 1} (num_replicas={num_replicas})")
+        if workers < 0:
+            raise KdlabError(f"workers must be >= 0, got {workers}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = int(seed)
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.device = torch.device(device)
+        self.channels_last = channels_last
+        self.workers = workers
+        self.pad_shards = pad_shards
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order (and worker seeds) the next iteration uses."""
+        self.epoch = int(epoch)
+
+    def positions(self) -> torch.Tensor:
+        return shard_positions(len(self.dataset), self.shuffle, self.seed, self.epoch,
+                               self.num_replicas, self.rank, self.pad_shards)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank visits per epoch (before dropping a last partial batch)."""
+        return shard_size(len(self.dataset), self.num_replicas, self.rank, self.pad_shards)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        pin = self.device.type == "cuda"
+        loader = DataLoader(
+            self.dataset, batch_size=self.batch_size, sampler=self.positions().tolist(),
+            num_workers=self.workers, pin_memory=pin, drop_last=self.drop_last,
+            generator=epoch_generator(self.seed, self.epoch, 2, self.rank),
+        )
+        for images, targets, indices in loader:
+            images = images.to(self.device, non_blocking=pin)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield images, targets.to(self.device, non_blocking=pin), indices.to(self.device, non_blocking=pin)

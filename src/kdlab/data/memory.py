@@ -1,0 +1,224 @@
+"""In-memory uint8 datasets and a batch iterator that augments whole batches on the target device.
+
+Small datasets (CIFAR, MNIST family, digits) fit in memory as one uint8 tensor; indexing a batch,
+moving it to the device and augmenting it there is far cheaper than a per-sample DataLoader.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from kdlab.data.augment import normalize, random_crop, random_flip, resize
+from kdlab.data.fractions import stratified_subset
+from kdlab.errors import KdlabError
+
+__all__ = ["InMemoryDataset", "TensorLoader", "epoch_generator", "shard_positions", "shard_size"]
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class InMemoryDataset:
+    """One split of a dataset held as ``images`` (uint8 N,C,H,W) and ``targets`` (int64 N).
+
+    ``indices`` are the samples' positions in the full split (before any fraction was taken);
+    ``full_size`` is that split's size. ``crop_padding`` / ``flip`` are the default training
+    augmentation applied by :class:`TensorLoader` when ``augment=True``.
+    """
+
+    name: str
+    images: torch.Tensor
+    targets: torch.Tensor
+    num_classes: int
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train: bool = True
+    indices: torch.Tensor | None = None
+    full_size: int = -1
+    crop_padding: int = 0
+    flip: bool = False
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise KdlabError(f"{self.name}: images must be uint8 N,C,H,W, got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
+        self.targets = torch.as_tensor(self.targets, dtype=torch.int64)
+        if self.targets.shape != (self.images.shape[0],):
+            raise KdlabError(f"{self.name}: {self.images.shape[0]} images but {self.targets.numel()} labels")
+        if self.indices is None:
+            self.indices = torch.arange(self.images.shape[0], dtype=torch.int64)
+        if self.full_size < 0:
+            self.full_size = self.images.shape[0]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        """(uint8 image C,H,W, target, index in the full split), for use with a plain DataLoader."""
+        return self.images[i], int(self.targets[i]), int(self.indices[i])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def subset(self, positions: torch.Tensor) -> InMemoryDataset:
+        """A view of the given positions (of this object), keeping their full-split indices."""
+        positions = torch.as_tensor(positions, dtype=torch.int64)
+        return InMemoryDataset(
+            name=self.name, images=self.images[positions], targets=self.targets[positions],
+            num_classes=self.num_classes, class_names=list(self.class_names), mean=self.mean, std=self.std,
+            train=self.train, indices=self.indices[positions], full_size=self.full_size,
+            crop_padding=self.crop_padding, flip=self.flip, source=self.source, extra=dict(self.extra),
+        )
+
+    def fraction(self, fraction: float, seed: int = 0) -> InMemoryDataset:
+        """Class-stratified seeded subset (see :func:`stratified_subset`)."""
+        return self.subset(stratified_subset(self.targets, fraction, seed))
+
+    def resized(self, image_size: int) -> InMemoryDataset:
+        """Copy with images resized once to ``image_size`` (area when shrinking, bilinear when growing)."""
+        if image_size == self.image_size:
+            return self
+        mode = "area" if image_size < self.image_size else "bilinear"
+        return replace(self, images=resize(self.images, image_size, mode=mode))
+
+
+def epoch_generator(seed: int, epoch: int, stream: int, rank: int = 0) -> torch.Generator:
+    """A CPU generator depending only on (seed, epoch, stream, rank): hash-mixed, so nearby seeds differ."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(stream), int(rank)])
+    return torch.Generator().manual_seed(int(state.generate_state(1, dtype=np.uint64)[0] >> 1))
+
+
+def shard_positions(
+    n: int, shuffle: bool, seed: int, epoch: int, num_replicas: int = 1, rank: int = 0, pad: bool = True
+) -> torch.Tensor:
+    """Positions this rank visits in an epoch (DistributedSampler semantics).
+
+    All ranks draw the same permutation from (seed, epoch) and take every ``num_replicas``-th entry
+    starting at ``rank``. With ``pad`` the permutation is extended by repeating its start so every rank
+    gets the same count; without it ranks differ by at most one sample and nothing is duplicated.
+    """
+    order = torch.randperm(n, generator=epoch_generator(seed, epoch, 0)) if shuffle else torch.arange(n)
+    if num_replicas > 1:
+        if pad and n > 0:
+            total = math.ceil(n / num_replicas) * num_replicas
+            repeats = math.ceil(total / n)
+            order = order.repeat(repeats)[:total]
+        order = order[rank::num_replicas]
+    return order
+
+
+def shard_size(n: int, num_replicas: int = 1, rank: int = 0, pad: bool = True) -> int:
+    """Number of positions :func:`shard_positions` gives this rank."""
+    if num_replicas == 1:
+        return n
+    if pad:
+        return math.ceil(n / num_replicas) if n else 0
+    return len(range(rank, n, num_replicas))
+
+
+class TensorLoader:
+    """Iterates ``(images float32 normalised N,C,H,W, targets int64, indices int64)`` batches on ``device``.
+
+    Shuffle order and augmentation depend only on (seed, epoch) (and the rank, for augmentation), so a
+    resumed run sees identical batches. Call :meth:`set_epoch` before each epoch. With
+    ``num_replicas > 1`` each rank takes a disjoint shard of the same permutation; ``pad_shards=True``
+    pads by repetition (training), ``False`` keeps every sample exactly once (evaluation: ranks may then
+    differ by one batch, so reduce metric sums, not per-batch values, across ranks).
+    """
+
+    def __init__(
+        self,
+        dataset: InMemoryDataset,
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        device: str | torch.device = "cpu",
+        channels_last: bool = False,
+        pad_shards: bool = True,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise KdlabError(f"batch size must be a positive integer, got {batch_size!r}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise KdlabError(f"rank {rank} is not in 0..{num_replicas - 1} (num_replicas={num_replicas})")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.augment = augment
+        self.seed = int(seed)
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.device = torch.device(device)
+        self.channels_last = channels_last
+        self.pad_shards = pad_shards
+        self.epoch = 0
+        self._mean = torch.tensor(dataset.mean, dtype=torch.float32, device=self.device)
+        self._std = torch.tensor(dataset.std, dtype=torch.float32, device=self.device)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose permutation and augmentation the next iteration uses."""
+        self.epoch = int(epoch)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank visits per epoch (before dropping a last partial batch)."""
+        return shard_size(len(self.dataset), self.num_replicas, self.rank, self.pad_shards)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def positions(self) -> torch.Tensor:
+        """Dataset positions this rank visits in the current epoch, in order."""
+        return shard_positions(len(self.dataset), self.shuffle, self.seed, self.epoch,
+                               self.num_replicas, self.rank, self.pad_shards)
+
+    def __iter__(self) -> Iterator[Batch]:
+        positions = self.positions()
+        aug_generator = epoch_generator(self.seed, self.epoch, 1, self.rank)
+        do_crop = self.augment and self.dataset.crop_padding > 0
+        do_flip = self.augment and self.dataset.flip
+        pin = self.device.type == "cuda"
+        for b in range(len(self)):
+            pos = positions[b * self.batch_size:(b + 1) * self.batch_size]
+            images = self.dataset.images.index_select(0, pos)
+            targets = self.dataset.targets.index_select(0, pos)
+            indices = self.dataset.indices.index_select(0, pos)
+            if pin:
+                images, targets, indices = images.pin_memory(), targets.pin_memory(), indices.pin_memory()
+            # Move uint8 first (4x smaller than float32), then augment on the device.
+            images = images.to(self.device, non_blocking=pin)
+            if do_crop:
+                images = random_crop(images, self.dataset.crop_padding, aug_generator)
+            if do_flip:
+                images = random_flip(images, aug_generator)
+            out = normalize(images, self._mean, self._std)
+            if self.channels_last:
+                out = out.contiguous(memory_format=torch.channels_last)
+            yield out, targets.to(self.device, non_blocking=pin), indices.to(self.device, non_blocking=pin)
+
+
+def as_uint8_images(array: np.ndarray, shape: Sequence[int]) -> torch.Tensor:
+    """numpy uint8 array -> contiguous uint8 tensor of ``shape`` (sharing memory when possible)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8).reshape(tuple(shape))
+    if not array.flags.writeable:  # torch.from_numpy warns on read-only buffers
+        array = array.copy()
+    return torch.from_numpy(array)

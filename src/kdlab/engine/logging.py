@@ -1,0 +1,54 @@
+"""Run logging: one JSON line per epoch in metrics.jsonl, TensorBoard scalars, and console lines."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class RunLogger:
+    """Writes metrics of a run directory; only the process that owns the directory (rank 0) creates one."""
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.run_dir / "tb"))
+            except Exception:  # tensorboard is optional at run time; metrics.jsonl is the record
+                self._writer = None
+
+    def truncate_after(self, epoch: int) -> None:
+        """On resume, drop lines of epochs after the checkpoint (a killed run may have logged one more)."""
+        if not self.metrics_path.exists():
+            return
+        keep = [line for line in self.metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("epoch", 0) <= epoch]
+        self.metrics_path.write_text("".join(line + "\n" for line in keep))
+
+    def log(self, record: dict[str, Any]) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        with self.metrics_path.open("a") as fh:
+            fh.write(json.dumps(clean) + "\n")
+        if self._writer is not None:
+            step = int(record.get("epoch", 0))
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._writer.add_scalar(key.replace("_", "/", 1), value, step)
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

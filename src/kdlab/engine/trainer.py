@@ -1,0 +1,235 @@
+"""The one training loop: used by `kdlab train`, `kdlab distill` and the Python API alike.
+
+Per epoch: set the LR, run the objective over the training batches (AMP, channels_last), evaluate every
+model the objective exposes, log one metrics.jsonl line, and write `last.pt` (and `best.pt`) atomically.
+A killed run continues from `last.pt` with `resume=True`; under `deterministic=True` it ends with the
+same weights as an uninterrupted run, because data order and augmentation depend only on (seed, epoch)
+and the RNG states are restored from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .. import __version__
+from ..config import Config, to_dict
+from ..errors import KdlabError
+from ..reliability import save_bins
+from . import checkpoint as ckpt
+from .evaluate import evaluate
+from .logging import RunLogger
+from .precision import autocast, grad_scaler
+from .schedule import lr_factor
+
+
+class Trainer:
+    """Trains `objective` (an nn.Module returning StepOutput) with SGD and the configured schedule."""
+
+    def __init__(self, config: Config, objective: nn.Module, train_loader, test_loader, run_dir: str | Path,
+                 arch: dict[str, Any], device: torch.device, eval_transform=None, distributed=None,
+                 quiet: bool = False):
+        self.config = config
+        self.objective = objective
+        self.train_loader = train_loader
+        self.test_loader = test_loader
+        self.run_dir = Path(run_dir)
+        self.arch = arch
+        self.device = device
+        self.eval_transform = eval_transform
+        self.dist = distributed  # kdlab.engine.distributed.Context or None
+        self.is_main = distributed is None or distributed.rank == 0
+        self.quiet = quiet
+        optim = config.optim
+        trainable = getattr(objective, "trainable_parameters", None)
+        params = list(trainable()) if trainable else [p for p in objective.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum,
+                                         weight_decay=optim.weight_decay, nesterov=optim.nesterov)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(optim))
+        self.scaler = grad_scaler(device, config.precision)
+        self.start_epoch = 1
+        self.best_top1 = -math.inf
+        self.best_epoch = 0
+        self.last_eval: dict = {}  # model name -> EvalResult of the latest epoch
+
+    # ----------------------------------------------------------------------------------------- state
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        models = self.objective.eval_models()
+        primary = next(iter(models.values()))
+        primary = getattr(primary, "module", primary)
+        return {
+            "kdlab_version": __version__,
+            "arch": self.arch,
+            "model": primary.state_dict(),
+            "models": {name: getattr(m, "module", m).state_dict() for name, m in models.items()} if len(models) > 1
+            else None,
+            "extra": self.objective.extra_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "epoch": epoch,
+            "best_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
+            "config": to_dict(self.config),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        models = self.objective.eval_models()
+        if state.get("models"):
+            for name, model in models.items():
+                getattr(model, "module", model).load_state_dict(state["models"][name])
+        else:
+            primary = next(iter(models.values()))
+            getattr(primary, "module", primary).load_state_dict(state["model"])
+        self.objective.load_extra_state(state.get("extra") or {})
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+        self.start_epoch = int(state["epoch"]) + 1
+        self.best_top1 = float(state["best_top1"])
+        self.best_epoch = int(state["best_epoch"])
+
+    def resume(self) -> None:
+        """Continue from run_dir/last.pt, checking it belongs to the same architecture and data."""
+        path = self.run_dir / "last.pt"
+        state = ckpt.load(path, "resume checkpoint")
+        if state.get("arch") != self.arch:
+            raise KdlabError(f"'{path}' was written for {state.get('arch')}, not {self.arch}; resume with the "
+                             f"same model and data, or choose another --out")
+        self.load_state(state)
+
+    # ----------------------------------------------------------------------------------------- loop
+    def fit(self) -> dict[str, Any]:
+        cfg = self.config
+        logger = RunLogger(self.run_dir) if self.is_main else None
+        if logger is not None:
+            logger.truncate_after(self.start_epoch - 1)
+        last: dict[str, Any] = {}
+        try:
+            for epoch in range(self.start_epoch, cfg.optim.epochs + 1):
+                record = self.train_epoch(epoch)
+                record.update(self.evaluate_all())
+                top1 = record["test_top1"]
+                is_best = top1 > self.best_top1
+                if is_best:
+                    self.best_top1, self.best_epoch = top1, epoch
+                record["best_top1"] = self.best_top1
+                last = record
+                if self.is_main:
+                    logger.log(record)
+                    state = self.state_dict(epoch)
+                    ckpt.save_atomic(state, self.run_dir / "last.pt")
+                    if is_best:
+                        ckpt.save_atomic(state, self.run_dir / "best.pt")
+                    save_bins(self.run_dir, self.last_eval, epoch)
+                    if not self.quiet:
+                        print(self.describe(record), flush=True)
+        finally:
+            if logger is not None:
+                logger.close()
+        summary = self.summary(last)
+        if self.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        cfg = self.config
+        self.objective.train()
+        if hasattr(self.train_loader, "set_epoch"):
+            self.train_loader.set_epoch(epoch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        sums: dict[str, torch.Tensor] = {}
+        correct = torch.zeros((), device=self.device)
+        seen = 0
+        steps = 0
+        start = time.perf_counter()
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{cfg.optim.epochs}", leave=False,
+                   disable=None if self.is_main and not self.quiet else True, dynamic_ncols=True)
+        for images, targets, indices in bar:
+            images = images.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, cfg.precision):
+                out = self.objective(images, targets, indices, epoch)
+            self.optimizer.zero_grad(set_to_none=True)
+            if out.backward is not None:
+                out.backward(self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
+            else:
+                self.scaler.scale(out.loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            steps += 1
+            seen += len(targets)
+            loss = out.loss.detach()
+            sums["loss"] = sums.get("loss", 0) + loss
+            for name, value in out.terms.items():
+                sums[name] = sums.get(name, 0) + value.detach().float()
+            if out.logits is not None:
+                correct += (out.logits.detach().argmax(1) == targets).sum()
+            if steps % cfg.log_every == 0 or steps == 1:
+                value = float(loss)
+                if not math.isfinite(value):
+                    raise KdlabError(f"the training loss became {value} in epoch {epoch}, step {steps}; lower "
+                                     f"optim.lr, use --precision fp32, or check the method's weights")
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(loss=f"{value:.3f}", acc=f"{100 * float(correct) / seen:.1f}",
+                                img_s=f"{seen / max(elapsed, 1e-9):.0f}")
+        elapsed = time.perf_counter() - start
+        self.scheduler.step()
+        record: dict[str, Any] = {"epoch": epoch, "lr": lr}
+        totals = {name: float(v) / max(steps, 1) for name, v in sums.items()}
+        if not math.isfinite(totals.get("loss", 0.0)):
+            raise KdlabError(f"the training loss became {totals['loss']} in epoch {epoch}; lower optim.lr, use "
+                             f"--precision fp32, or check the method's weights")
+        record["train_loss"] = totals.pop("loss", float("nan"))
+        for name, value in totals.items():
+            record[f"train_loss_{name}"] = value
+        record["train_top1"] = 100.0 * float(correct) / max(seen, 1)
+        record["images_per_sec"] = seen / max(elapsed, 1e-9)
+        record["epoch_seconds"] = elapsed
+        return record
+
+    def evaluate_all(self) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        reduce = self.dist.all_reduce_sum if self.dist is not None else None
+        for name, model in self.objective.eval_models().items():
+            result = evaluate(model, self.test_loader, self.device, self.config.precision,
+                              self.config.channels_last, self.arch.get("num_classes"), self.eval_transform,
+                              reduce)
+            prefix = f"test_{name}_" if name else "test_"
+            record.update(result.as_dict(prefix))
+            self.last_eval[name] = result
+        if "test_top1" not in record:  # a cohort: the first model's numbers are the headline
+            first = next(iter(self.objective.eval_models()))
+            for key in ("top1", "top5", "nll", "ece"):
+                record[f"test_{key}"] = record[f"test_{first}_{key}"]
+        return record
+
+    def summary(self, last: dict[str, Any]) -> dict[str, Any]:
+        models = self.objective.eval_models()
+        primary = next(iter(models.values()))
+        return {
+            "arch": self.arch,
+            "params": sum(p.numel() for p in primary.parameters()),
+            "epochs": self.config.optim.epochs,
+            "best_top1": self.best_top1,
+            "best_epoch": self.best_epoch,
+            "last": {k: v for k, v in last.items() if k.startswith("test_")},
+        }
+
+    @staticmethod
+    def describe(record: dict[str, Any]) -> str:
+        return (f"epoch {record['epoch']:>3}  lr {record['lr']:.4g}  loss {record['train_loss']:.4f}  "
+                f"train {record['train_top1']:5.2f}%  test top-1 {record['test_top1']:5.2f}%  "
+                f"top-5 {record['test_top5']:5.2f}%  ECE {record['test_ece']:5.2f}%  "
+                f"{record['images_per_sec']:.0f} img/s")

@@ -1,0 +1,74 @@
+"""Distillation methods: a registry of small nn.Modules (taps + connectors + a pure loss).
+
+`create("kd", temperature=4)` builds one method; `parse("kd+at", {"at": {"weight": 500}})` builds a
+combination. Adding a method = one module in this package that decorates its class with `@register`,
+plus its name in `METHOD_MODULES` below; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ..errors import KdlabError, unknown_name
+from .base import BuildContext, DistillBatch, Method
+
+# Modules that define methods; each registers its classes on import.
+METHOD_MODULES = ("logit", "srd", "feature", "reviewkd", "relation", "crd", "two_stage")
+
+_REGISTRY: dict[str, type[Method]] = {}
+_loaded = False
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a Method subclass to the registry under `cls.name`."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"method name '{cls.name}' registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load() -> None:
+    global _loaded
+    if not _loaded:
+        for module in METHOD_MODULES:
+            importlib.import_module(f"{__name__}.{module}")
+        _loaded = True
+
+
+def list_methods() -> list[str]:
+    _load()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> type[Method]:
+    _load()
+    if name not in _REGISTRY:
+        raise unknown_name("method", name, _REGISTRY)
+    return _REGISTRY[name]
+
+
+def create(name: str, **hparams: Any) -> Method:
+    """One method with its defaults overridden by `hparams`."""
+    return get(name)(**hparams)
+
+
+def parse(spec: str, hparams: dict[str, dict[str, Any]] | None = None) -> list[Method]:
+    """'kd+at' -> [KD(...), AT(...)], each with its own hyperparameters from `hparams[name]`."""
+    hparams = dict(hparams or {})
+    names = [part.strip() for part in spec.split("+") if part.strip()]
+    if not names:
+        raise KdlabError("no method given; pass --method NAME (e.g. kd, dkd, dist, or kd+at)")
+    if len(set(names)) != len(names):
+        raise KdlabError(f"method '{spec}' names a method twice; list each once")
+    for key in hparams:
+        if key not in names:
+            get(key)  # an unknown name gets the closest-name hint
+            raise KdlabError(f"hyperparameters given for method '{key}', which is not in --method {spec}; "
+                             f"add it to --method or drop method.{key}.*")
+    return [create(name, **hparams.get(name, {})) for name in names]
+
+
+__all__ = ["Method", "BuildContext", "DistillBatch", "register", "create", "get", "list_methods", "parse"]

@@ -1,0 +1,154 @@
+"""The Method base class: declared taps + optional connectors + a pure loss from kdlab.losses.
+
+A method is a small nn.Module. It declares which intermediate outputs (taps) of the student and the
+teacher it reads, builds its connectors once the tap shapes are known (`build`), and maps a
+`DistillBatch` to named loss terms (`forward`). The engine multiplies the terms by the method's `weight`
+(and `scale(epoch)` for warm-ups) and adds cross-entropy. Nothing outside the method knows its name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import KdlabError, closest
+from ..taps import LOGITS
+
+
+@dataclass
+class BuildContext:
+    """What a method may look at while building connectors: the models and their probed tap shapes."""
+
+    student: nn.Module
+    teacher: nn.Module
+    student_points: dict[str, str]  # available symbolic taps -> module paths
+    teacher_points: dict[str, str]
+    student_shapes: dict[str, torch.Size] = field(default_factory=dict)  # shapes without the batch dim
+    teacher_shapes: dict[str, torch.Size] = field(default_factory=dict)
+    num_classes: int = 0
+    train_targets: torch.Tensor | None = None  # labels of the full training set (CRD's memory)
+    epochs: int = 0
+
+
+@dataclass
+class DistillBatch:
+    """One step's inputs to a method. Teacher tensors are constants (captured without autograd)."""
+
+    student_logits: torch.Tensor
+    teacher_logits: torch.Tensor | None
+    targets: torch.Tensor
+    indices: torch.Tensor | None
+    epoch: int
+    student: dict[str, torch.Tensor]
+    teacher: dict[str, torch.Tensor]
+
+
+class Method(nn.Module):
+    """Base class of distillation methods; subclasses set the class attributes and `forward`."""
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    # Hyperparameters with the paper's / authors' defaults; 'weight' is the outer weight of the method.
+    defaults: ClassVar[dict[str, Any]] = {"weight": 1.0}
+    ce_weight: ClassVar[float] = 1.0  # default cross-entropy weight when this method leads
+    teacher_train_mode: ClassVar[bool] = False  # True where the authors run the teacher's BN in train mode
+    uses_teacher_logits: ClassVar[bool] = True
+    needs_teacher: ClassVar[bool] = True  # False for teacher-free methods (Tf-KD virtual teacher)
+    student_tap_names: ClassVar[tuple[str, ...]] = ()
+    teacher_tap_names: ClassVar[tuple[str, ...]] = ()
+    # Two-stage methods (FitNet hints, FT paraphraser, AB, FSP) train `init_modules` on `init_forward`'s loss
+    # for `--init-epochs` epochs before the main phase (no cross-entropy in that stage).
+    has_init_stage: ClassVar[bool] = False
+    # KD-SVD and MHGD clip their gradient per parameter to ‖∇CE‖·sigmoid(epoch) (METHODS.md §17, §18).
+    clip_to_ce: ClassVar[bool] = False
+
+    def __init__(self, **hparams: Any):
+        super().__init__()
+        self.hp = self.check_hparams(hparams)
+
+    @classmethod
+    def check_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        """Defaults overridden by `hparams`, with unknown names and wrong types rejected in one line."""
+        values = dict(cls.defaults)
+        for key, value in hparams.items():
+            if key not in cls.defaults:
+                raise KdlabError(
+                    f"method '{cls.name}' has no hyperparameter '{key}'{closest(key, cls.defaults)}; "
+                    f"its hyperparameters are: {', '.join(f'{k}={v}' for k, v in cls.defaults.items())}")
+            default = cls.defaults[key]
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, (int, float)):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                if ok and isinstance(default, int) and not isinstance(default, bool) and float(value) != int(value):
+                    ok = False
+                if ok:
+                    value = type(default)(value)
+            else:
+                ok = True
+            if not ok:
+                raise KdlabError(f"method.{cls.name}.{key} must be like {default!r}, got {value!r}")
+            values[key] = value
+        return values
+
+    @property
+    def weight(self) -> float:
+        return float(self.hp["weight"])
+
+    def taps(self, student_points: dict[str, str], teacher_points: dict[str, str]) -> tuple[list[str], list[str]]:
+        """Symbolic taps this method reads from the student and the teacher (LOGITS needs no hook)."""
+        return list(self.student_tap_names), list(self.teacher_tap_names)
+
+    def needs_teacher_logits(self) -> bool:
+        return self.uses_teacher_logits
+
+    def build(self, ctx: BuildContext) -> None:
+        """Create connectors from the probed shapes; called once before training."""
+
+    def init_modules(self, student: nn.Module) -> list[nn.Module]:
+        """Modules whose parameters the init stage trains (default: the student and this method's connectors)."""
+        return [student, self]
+
+    def init_forward(self, batch: DistillBatch) -> dict[str, torch.Tensor]:
+        """Loss terms of the init stage (only called when `has_init_stage`)."""
+        raise NotImplementedError
+
+    def scale(self, epoch: int) -> float:
+        """Extra factor on the method's loss in `epoch` (1-indexed), e.g. a linear warm-up."""
+        return 1.0
+
+    def forward(self, batch: DistillBatch) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def describe(cls) -> str:
+        return f"{cls.name}: {cls.paper}"
+
+
+def matched_stages(student_points: dict[str, str], teacher_points: dict[str, str], pre_teacher: bool = False,
+                   pre_student: bool = False) -> tuple[list[str], list[str]]:
+    """Pair the last N stages of student and teacher (N = the smaller stage count), deepest last.
+
+    Models of different depth (e.g. a 4-stage ResNet-18 and a 3-stage CIFAR ResNet) are aligned at their
+    deepest stages, where the semantics match best.
+    """
+    from ..taps import stage_names
+
+    s = stage_names(student_points, pre_student)
+    t = stage_names(teacher_points, pre_teacher)
+    n = min(len(s), len(t))
+    if n == 0:
+        raise KdlabError("this method needs stage taps (stage1, stage2, ...); the model has none: name them "
+                         "with taps={'student': {'stage1': 'path', ...}, 'teacher': {...}}")
+    return s[len(s) - n:], t[len(t) - n:]
+
+
+def deepest_stage(points: dict[str, str], pre: bool = False) -> str:
+    """The last stage tap of a model (its final feature map)."""
+    return matched_stages(points, points, pre, pre)[0][-1]
+
+
+__all__ = ["deepest_stage", "Method", "BuildContext", "DistillBatch", "matched_stages", "LOGITS"]

@@ -1,0 +1,87 @@
+"""Loading weights from a local file into a model, with one-line errors for the usual mistakes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdlab.errors import KdlabError
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / torch.compile
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state_dict at ``path``: a bare state_dict, or one held under 'state_dict' or 'model'."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise KdlabError(f"weights file '{path}' not found; pass the path of a saved state_dict (.pt/.pth)")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same user message
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise KdlabError(
+            f"cannot read weights file '{path}' ({reason}); save it with torch.save(model.state_dict(), path)"
+        ) from None
+    for key in ("state_dict", "model"):
+        if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
+            data = data[key]
+            break
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise KdlabError(
+            f"weights file '{path}' holds no state_dict (a dict of tensors, or one under "
+            "'state_dict'/'model'); "
+            "save it with torch.save(model.state_dict(), path)"
+        )
+    state = dict(data)
+    for prefix in _WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def _adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Fit 3-channel first-conv weights to ``in_channels``: sum RGB for 1 channel, else tile and rescale."""
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = math.ceil(in_channels / weight.shape[1])
+    return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
+
+
+def load_weights(model: nn.Module, path: str | Path, name: str, input_conv: str | None = None) -> None:
+    """Load the weights at ``path`` into ``model`` (model ``name``), failing clearly on any mismatch.
+
+    When ``input_conv`` names a first conv that was rebuilt for another channel count and the file holds
+    3-channel weights for it, they are adapted (summed over RGB for grayscale), so ImageNet weights
+    still serve 1-channel inputs.
+    """
+    state = read_state_dict(path)
+    expected = model.state_dict()
+    key = f"{input_conv}.weight" if input_conv else None
+    if key and key in state and key in expected:
+        have, want = state[key], expected[key]
+        if have.dim() == 4 and have.shape[1] != want.shape[1] and have.shape[0] == want.shape[0]:
+            state[key] = _adapt_input_conv(have, want.shape[1])
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or mismatched:
+        problems = []
+        if mismatched:
+            problems.append(f"{len(mismatched)} shape mismatches (first: {mismatched[0]}, file vs model)")
+        if missing:
+            problems.append(f"{len(missing)} missing keys (first: {missing[0]})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]})")
+        raise KdlabError(
+            f"weights file '{path}' does not fit model '{name}': {'; '.join(problems)}; "
+            "use weights saved from the same architecture, num_classes and in_channels"
+        )
+    model.load_state_dict(state)

@@ -1,0 +1,107 @@
+"""Deep Mutual Learning: a cohort of N >= 2 students trained together from scratch (`kdlab mutual`).
+
+Each student k minimises CE + (its variant's) KL from its peers' predictions: DML averages KL(p_l ‖ p_k)
+over the peers l ≠ k; DML_e uses KL from the peers' average prediction (seed 002 shows both give the same
+gradient). Peers' predictions are constants for student k, so one backward pass over the summed losses
+gives every student exactly its own gradient, and one SGD over all parameters equals one SGD per student
+with the same hyperparameters (SGD state is per parameter). The trainer loop is the same as for `train`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import losses, models
+from .config import Config
+from .engine.objectives import StepOutput
+from .engine.trainer import Trainer
+from .errors import KdlabError
+
+VARIANTS = {"dml": losses.dml, "dml_e": losses.dml_ensemble}
+
+
+class Ensemble(nn.Module):
+    """The cohort's averaged prediction as a model: log of the mean softmax (a valid logit vector)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        object.__setattr__(self, "members", members)  # not registered: the members are saved on their own
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([m(x).float().softmax(dim=1) for m in self.members]).mean(dim=0)
+        return probs.clamp_min(1e-12).log()
+
+    def train(self, mode: bool = True) -> Ensemble:
+        for m in self.members:
+            m.train(mode)
+        return super().train(mode)
+
+
+class MutualObjective(nn.Module):
+    """Σ_k [CE(z_k, y) + weight · mimicry_k(z_1..z_N)] over the cohort; terms logged per student."""
+
+    def __init__(self, students: list[nn.Module], names: list[str], variant: str = "dml", temperature: float = 1.0,
+                 weight: float = 1.0):
+        super().__init__()
+        if len(students) < 2:
+            raise KdlabError("deep mutual learning needs at least 2 students; pass --models a,b[,c...]")
+        if variant not in VARIANTS:
+            raise KdlabError(f"unknown DML variant '{variant}'; use one of {', '.join(VARIANTS)}")
+        self.students = nn.ModuleList(students)
+        self.names = names
+        self.mimicry = VARIANTS[variant]
+        self.temperature = temperature
+        self.weight = weight
+        self.ensemble = Ensemble(list(self.students))
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None = None,
+                epoch: int = 1) -> StepOutput:
+        logits = [s(images) for s in self.students]
+        terms: dict[str, torch.Tensor] = {}
+        total = 0
+        for k, name in enumerate(self.names):
+            ce = F.cross_entropy(logits[k].float(), targets)
+            kl = self.weight * self.mimicry(logits, k, temperature=self.temperature)
+            terms[f"{name}_ce"], terms[f"{name}_kl"] = ce.detach(), kl.detach()
+            total = total + ce + kl
+        return StepOutput(loss=total, terms=terms, logits=logits[0])
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        return {**dict(zip(self.names, self.students, strict=True)), "ensemble": self.ensemble}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def cohort_names(model_names: list[str]) -> list[str]:
+    """Unique, readable names for the students: 's0_resnet32', 's1_resnet32', ..."""
+    return [f"s{i}_{name}" for i, name in enumerate(model_names)]
+
+
+def run_mutual(config: Config, model_names: list[str], variant: str = "dml", resume: bool = False,
+               quiet: bool = False) -> dict[str, Any]:
+    from .run import _fit, arch_of, build_data, prepare_model, prepare_run_dir, setup_runtime
+
+    if len(model_names) < 2:
+        raise KdlabError("deep mutual learning needs at least 2 students; pass --models a,b[,c...]")
+    device = setup_runtime(config)
+    train_loader, test_loader, info = build_data(config, device)
+    students = [prepare_model(models.create(n, info.num_classes, in_channels=info.in_channels,
+                                            image_size=info.image_size), config, device) for n in model_names]
+    run_dir = prepare_run_dir(config.out, f"{variant}-{'-'.join(model_names)}-{info.name}-s{config.seed}", resume)
+    names = cohort_names(model_names)
+    objective = MutualObjective(students, names, variant)
+    arch = {**arch_of(model_names[0], info), "cohort": model_names, "variant": variant}
+    trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch, device, quiet=quiet)
+    summary = _fit(trainer, config, run_dir, resume)
+    last = summary["last"]
+    summary["students"] = {n: {k[len(f"test_{n}_"):]: v for k, v in last.items() if k.startswith(f"test_{n}_")}
+                           for n in [*names, "ensemble"]}
+    return summary

@@ -1,0 +1,127 @@
+"""End-to-end runs through the `kdlab` command on the embedded digits data, and its error messages."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kdlab.cli import main
+
+FAST = ["--data", "digits", "--epochs", "1", "--batch-size", "128", "--quiet", "data.fraction=0.3"]
+
+
+def run(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    assert main(["train", "--model", "resnet8", "--out", str(out), *FAST]) == 0
+    return out
+
+
+def test_train_writes_a_complete_run(teacher_run):
+    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json", "reliability.json"):
+        assert (teacher_run / name).exists(), name
+    record = json.loads((teacher_run / "metrics.jsonl").read_text().splitlines()[0])
+    for key in ("epoch", "lr", "train_loss", "train_loss_ce", "test_top1", "test_top5", "test_nll", "test_ece"):
+        assert key in record, key
+    assert 0 <= record["test_top1"] <= 100 and record["epoch"] == 1
+    assert list((teacher_run / "tb").iterdir())  # TensorBoard events
+
+
+def test_eval_and_distill_through_cli(teacher_run, tmp_path, capsys):
+    code, out, _ = run(["eval", "--checkpoint", str(teacher_run / "best.pt"), "--data", "digits"], capsys)
+    assert code == 0 and "top-1" in out and "ECE" in out
+    code, out, err = run(["distill", "--teacher", str(teacher_run / "best.pt"), "--student", "resnet8",
+                          "--method", "kd", "--out", str(tmp_path / "kd"), "method.kd.temperature=2", *FAST],
+                         capsys)
+    assert code == 0, err
+    record = json.loads((tmp_path / "kd" / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"train_loss_ce", "train_loss_kd"} <= set(record)
+
+
+def test_existing_run_is_not_overwritten(teacher_run, capsys):
+    before = (teacher_run / "last.pt").read_bytes()
+    code, _, err = run(["train", "--model", "resnet8", "--out", str(teacher_run), *FAST], capsys)
+    assert code == 2 and "already holds a run" in err and "--resume" in err
+    assert (teacher_run / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--model", "resnett20", "--data", "digits"], "did you mean 'resnet20'"),
+    (["train", "--model", "resnet8", "--data", "cifar1000"], "did you mean 'cifar100'"),
+    (["train", "--model", "resnet8", "--data", "digits", "optim.lrr=0.1"], "did you mean 'lr'"),
+    (["train", "--model", "resnet8", "--data", "digits", "--precision", "fp8"], "precision"),
+    (["distill", "--student", "resnet8", "--data", "digits", "--method", "kdd", "--teacher", "x.pt"],
+     "did you mean 'kd'"),
+    (["distill", "--student", "resnet8", "--data", "digits", "--method", "kd", "--teacher", "missing.pt"],
+     "does not exist"),
+    (["distill", "--student", "resnet8", "--data", "digits", "--method", "kd", "--teacher", "t.pt",
+      "method.kd.temp=3"], "did you mean 'temperature'"),
+    (["train", "--model", "resnet8", "--data", "cifar100", "--data-root", "/nonexistent"], "cifar-100-python"),
+])
+def test_bad_input_is_one_line_without_traceback(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(args + ["--out", str(tmp_path / "x")] if args[0] == "train" else args, capsys)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_teacher_of_other_data_is_rejected(teacher_run, tmp_path, capsys):
+    state = torch.load(teacher_run / "best.pt", weights_only=False)
+    state["arch"]["num_classes"] = 100
+    torch.save(state, tmp_path / "wrong.pt")
+    code, _, err = run(["distill", "--teacher", str(tmp_path / "wrong.pt"), "--student", "resnet8", "--method", "kd",
+                        "--out", str(tmp_path / "kd"), *FAST], capsys)
+    assert code == 2 and "100 classes" in err and not (tmp_path / "kd" / "last.pt").exists()
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    code, _, err = run(["distill", "--teacher", str(tmp_path / "corrupt.pt"), "--student", "resnet8", "--method",
+                        "kd", "--out", str(tmp_path / "kd2"), *FAST], capsys)
+    assert code == 2 and "cannot be read" in err
+
+
+def test_list_commands(capsys):
+    for what, expected in (("models", "resnet32x4"), ("datasets", "cifar100"), ("methods", "dkd")):
+        code, out, _ = run(["list", what], capsys)
+        assert code == 0 and expected in out
+
+
+def test_python_m_kdlab_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "kdlab", "list", "methods"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "kd" in proc.stdout
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
+    from kdlab.engine.trainer import Trainer
+
+    common = ["train", "--model", "resnet8", "--data", "digits", "--batch-size", "128", "--quiet", "--deterministic",
+              "--seed", "3", "--epochs", "3", "data.fraction=0.3"]
+    assert main([*common, "--out", str(tmp_path / "full")]) == 0
+
+    original = Trainer.train_epoch
+
+    def killed_in_epoch_3(self, epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", killed_in_epoch_3)
+    assert main([*common, "--out", str(tmp_path / "part")]) == 130
+    assert torch.load(tmp_path / "part" / "last.pt", weights_only=False)["epoch"] == 2
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    assert main([*common, "--out", str(tmp_path / "part"), "--resume"]) == 0
+
+    full = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "part" / "last.pt", weights_only=False)
+    assert resumed["epoch"] == 3
+    for key, value in full["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]

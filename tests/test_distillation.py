@@ -1,0 +1,140 @@
+"""The distillation objective on small models: frozen teacher, taps, terms, bad input."""
+
+import pytest
+import torch
+from torch import nn
+
+import kdlab.losses as L
+from kdlab.distillation import DistillationLoss
+from kdlab.errors import KdlabError
+
+
+class TinyNet(nn.Module):
+    """An 'outside' model without a tap table: taps are named by module path."""
+
+    def __init__(self, width=8, classes=5):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(width, width * 2, 3, stride=2, padding=1), nn.BatchNorm2d(width * 2),
+                                   nn.ReLU())
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(width * 2, classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.block(self.stem(x))))
+
+
+TAPS = {"stage1": "stem", "stage2": "block", "embedding": "pool", "classifier": "fc"}
+
+
+def make_pair(seed=0):
+    torch.manual_seed(seed)
+    teacher, student = TinyNet(16), TinyNet(4)
+    return teacher, student
+
+
+def batch(seed=1, n=8):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 5, (n,), generator=g)
+
+
+def test_kd_terms_match_pure_loss_and_add_up():
+    teacher, student = make_pair()
+    loss_fn = DistillationLoss(teacher, student, method="kd")
+    x, y = batch()
+    loss, terms = loss_fn(x, y)
+    with torch.no_grad():
+        s, t = student(x), teacher(x)
+    assert set(terms) == {"ce", "kd"}
+    assert float(terms["kd"]) == pytest.approx(0.9 * float(L.kd(s, t, temperature=4.0)), rel=1e-5)
+    assert float(terms["ce"]) == pytest.approx(0.1 * float(nn.functional.cross_entropy(s, y)), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(sum(float(v) for v in terms.values()), rel=1e-6)
+
+
+def test_teacher_frozen_gradients_reach_student_only():
+    teacher, student = make_pair()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    loss_fn = DistillationLoss(teacher, student, method="kd+srd", input_shape=(1, 8, 8),
+                               taps={"student": TAPS, "teacher": TAPS})
+    loss_fn.train()
+    assert not teacher.training and student.training
+    optimizer = torch.optim.SGD(loss_fn.trainable_parameters(), lr=0.1)
+    x, y = batch()
+    loss, _ = loss_fn(x, y)
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None for p in student.parameters())
+    connector = loss_fn.methods[1].connector
+    assert all(p.grad is not None for p in connector.parameters())
+    optimizer.step()
+    # teacher weights and BN running statistics untouched
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # the teacher's classifier used by SRD is not among the optimised or saved parameters
+    ids = {id(p) for p in loss_fn.trainable_parameters()}
+    assert not any(id(p) in ids for p in teacher.parameters())
+    assert not any(k.startswith("_teacher") for k in loss_fn.methods.state_dict())
+
+
+def test_teacher_forward_stops_after_last_tap_when_logits_unused():
+    teacher, student = make_pair()
+    calls = []
+    teacher.fc.register_forward_hook(lambda *a: calls.append("fc"))
+
+    from kdlab.methods import register
+    from kdlab.methods.base import Method
+
+    @register
+    class _StemOnly(Method):  # a feature-only method (like AT), registered just for this test
+        name = "_test_stem_only"
+        uses_teacher_logits = False
+        teacher_tap_names = ("stage1",)
+        student_tap_names = ("stage1",)
+
+        def forward(self, b):
+            return {"stem": (b.student["stage1"].mean() - b.teacher["stage1"].mean()) ** 2}
+
+    loss_fn = DistillationLoss(teacher, student, method="_test_stem_only", input_shape=(1, 8, 8),
+                               taps={"student": TAPS, "teacher": TAPS})
+    calls.clear()
+    x, y = batch()
+    loss_fn(x, y)
+    assert calls == []  # the teacher's classifier never ran
+    loss_fn_kd = DistillationLoss(teacher, student, method="kd")
+    loss_fn_kd(x, y)
+    assert calls == ["fc"]
+
+
+def test_dkd_warmup_scales_the_term():
+    teacher, student = make_pair()
+    loss_fn = DistillationLoss(teacher, student, method="dkd")
+    x, y = batch()
+    _, t1 = loss_fn(x, y, epoch=1)
+    _, t20 = loss_fn(x, y, epoch=20)
+    assert float(t1["dkd_nckd"]) == pytest.approx(float(t20["dkd_nckd"]) / 20, rel=1e-5)
+
+
+def test_hyperparameters_and_bad_input():
+    teacher, student = make_pair()
+    loss_fn = DistillationLoss(teacher, student, method="kd", temperature=2.0, ce_weight=0.5)
+    x, y = batch()
+    _, terms = loss_fn(x, y)
+    with torch.no_grad():
+        expected = 0.9 * L.kd(student(x), teacher(x), temperature=2.0)
+    assert float(terms["kd"]) == pytest.approx(float(expected), rel=1e-5)
+    with pytest.raises(KdlabError, match="did you mean 'kd'"):
+        DistillationLoss(teacher, student, method="kdd")
+    with pytest.raises(KdlabError, match="did you mean 'temperature'"):
+        DistillationLoss(teacher, student, method="kd", temprature=2.0)
+    with pytest.raises(KdlabError, match="needs a teacher"):
+        DistillationLoss(None, student, method="kd")
+    with pytest.raises(KdlabError, match="needs stage taps"):
+        DistillationLoss(teacher, student, method="srd", input_shape=(1, 8, 8))
+
+
+def test_teacher_free_method_needs_no_teacher():
+    _, student = make_pair()
+    loss_fn = DistillationLoss(None, student, method="tfkd_virtual")
+    x, y = batch()
+    loss, terms = loss_fn(x, y)
+    assert set(terms) == {"ce", "tfkd_virtual"} and torch.isfinite(loss)
