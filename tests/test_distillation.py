@@ -94,8 +94,13 @@ def test_teacher_forward_stops_after_last_tap_when_logits_unused():
         def forward(self, b):
             return {"stem": (b.student["stage1"].mean() - b.teacher["stage1"].mean()) ** 2}
 
-    loss_fn = DistillationLoss(teacher, student, method="_test_stem_only", input_shape=(1, 8, 8),
-                               taps={"student": TAPS, "teacher": TAPS})
+    from kdlab.methods import _REGISTRY
+
+    try:
+        loss_fn = DistillationLoss(teacher, student, method="_test_stem_only", input_shape=(1, 8, 8),
+                                   taps={"student": TAPS, "teacher": TAPS})
+    finally:
+        _REGISTRY.pop("_test_stem_only")  # keep the registry as shipped for other tests in this process
     calls.clear()
     x, y = batch()
     loss_fn(x, y)

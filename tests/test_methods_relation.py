@@ -239,7 +239,7 @@ def test_training_steps(name, pair):
         optimizer = torch.optim.SGD(loss_fn.trainable_parameters(), lr=0.01, momentum=0.9)
         x, y, idx = batch(seed=10)
         out = loss_fn(x, y, idx)
-        assert torch.isfinite(out.loss) and float(out.loss) > 0
+        assert torch.isfinite(out.loss) and float(out.loss.detach()) > 0
         out.loss.backward()
         optimizer.step()
         loss_fn.set_phase("main")
@@ -305,8 +305,6 @@ def test_ft_init_trains_only_the_paraphraser_then_freezes_it():
     assert not {id(p) for p in m.paraphraser.parameters()} & {id(p) for p in loss_fn.trainable_parameters()}
 
 
-@pytest.mark.xfail(reason="engine: the init phase still runs the student in train mode, so its BN statistics "
-                          "move although FT/MHGD do not train it", strict=False)
 def test_ft_init_leaves_student_bn_statistics_alone():
     teacher, student = make("resnet20", "resnet8")
     loss_fn = loss_for("ft", teacher, student)
@@ -372,7 +370,7 @@ def test_ab_fsp_init_trains_student_and_main_phase_is_plain_ce(name, pair):
     loss_fn.set_phase("main")
     out = loss_fn(x, y, idx)
     assert set(out.terms) == {"ce"}
-    assert float(out.loss) == pytest.approx(float(F.cross_entropy(student(x), y)), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(float(F.cross_entropy(student(x), y).detach()), rel=1e-5)
 
 
 def test_ab_official_main_phase_is_kd_at_t3_without_ce():
@@ -386,7 +384,7 @@ def test_ab_official_main_phase_is_kd_at_t3_without_ce():
         log_ps, log_pt = F.log_softmax(student(x) / 3, 1), F.log_softmax(teacher(x) / 3, 1)
         expected = (log_pt.exp() * (log_pt - log_ps)).sum() / x.shape[0]  # official: no T² factor
     assert float(out.terms["ab_kd"]) == pytest.approx(float(expected), rel=1e-5)
-    assert float(out.loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_connectors_only_where_widths_differ():

@@ -1,3 +1,31 @@
-"""kdlab: knowledge distillation for image classifiers."""
+"""kdlab: knowledge distillation for image classifiers.
+
+    import kdlab
+    loss_fn = kdlab.DistillationLoss(teacher, student, method="kd")   # in your own loop
+    kdlab.distill(teacher=t, student=s, train_loader=tr, test_loader=te, method="dkd")   # built-in trainer
+    kdlab.models.create("resnet20", num_classes=100); kdlab.losses.kd(s_logits, t_logits, temperature=4)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_LAZY = {"DistillationLoss": ("kdlab.distillation", "DistillationLoss"), "distill": ("kdlab.api", "distill"),
+         "train": ("kdlab.api", "train")}
+_SUBMODULES = ("models", "losses", "methods", "data", "metrics", "config", "engine")
+
+
+def __getattr__(name: str) -> Any:
+    """Import on first use, so `import kdlab` (and the CLI's start-up) stays fast."""
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"kdlab.{name}")
+    raise AttributeError(f"module 'kdlab' has no attribute '{name}'")
+
+
+__all__ = ["DistillationLoss", "distill", "train", "__version__", *_SUBMODULES]

@@ -1,4 +1,4 @@
-"""The `kdlab` command: train, distill, eval, demo, list.
+"""The `kdlab` command: train, distill, eval, demo, sweep, report, list.
 
 Bad input ends with one line `kdlab: error: ...` naming the problem and the fix, exit status 2, no
 traceback, nothing overwritten.
@@ -7,6 +7,7 @@ traceback, nothing overwritten.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model with cross-entropy (a teacher or a baseline student)")
     _common_run_args(p)
+    _resolution_args(p)
 
     p = sub.add_parser("distill", help="distill a trained teacher into a student")
     _common_run_args(p, "--student")
@@ -51,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="method name or combination, e.g. kd, dkd, dist, kd+at")
     p.add_argument("--ce-weight", type=float, help="cross-entropy weight (default: the method's)")
     p.add_argument("--init-epochs", type=int, help="epochs of a method's initialisation stage")
+    p.add_argument("--teacher-mix", type=_float_list, help="weights of several teachers, e.g. 0.7,0.3 (default equal)")
+    _resolution_args(p)
 
     p = sub.add_parser("mutual", help="deep mutual learning: a cohort of students trained together")
     _common_run_args(p, "--models")
@@ -64,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32")
     p.add_argument("--device", default="auto")
 
+    p = sub.add_parser("calibration", help="calibration study: reliability diagrams and ECE of runs (and of the "
+                       "Tf-KD virtual teacher's signal)")
+    p.add_argument("--run", action="append", required=True, help="run directory (repeat for several runs)")
+    p.add_argument("--out", help="reliability-diagram PNG (default <first run>/calibration.png; table beside it)")
+    p.add_argument("--checkpoint", default="last", choices=["last", "best"], help="which checkpoint of each run")
+    p.add_argument("--data-root", help="override the data root recorded in the runs")
+    p.add_argument("--device", default="auto")
+
     p = sub.add_parser("list", help="list models, datasets or methods")
     p.add_argument("what", choices=["models", "datasets", "methods"])
 
@@ -71,7 +83,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--force", action="store_true", help="replace an earlier demo in --out")
+
+    p = sub.add_parser("sweep", help="run a grid of train/distill runs from a YAML file (resumable)")
+    p.add_argument("file", help="sweep YAML (see docs/experiments.md)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs, their state and commands; run nothing")
+    p.add_argument("--only", action="append", metavar="PATTERN",
+                   help="only runs whose name matches (glob, or a part of the name); repeatable")
+    p.add_argument("--out", help="sweep root (default: the file's 'out')")
+    p.add_argument("--data-root", help="folder holding the datasets (default: the file's 'data_root')")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+
+    p = sub.add_parser("report", help="tables and plots from run directories or sweep roots")
+    p.add_argument("paths", nargs="+", metavar="RUNS_OR_SWEEP_DIR")
+    p.add_argument("--format", default="md", help="md (Markdown tables) | csv (one row per cell)")
+    p.add_argument("--out", help="write the report to this file instead of printing it")
+    p.add_argument("--plots", metavar="DIR", help="also write PNG plots (curves, accuracy vs ECE, reliability)")
+    p.add_argument("--epoch", default="both", help="best | last | both (default both, each labelled)")
+    p.add_argument("--metrics", default="top1,ece", help="comma list of top1, top5, nll, ece (default top1,ece)")
     return parser
+
+
+def _resolution_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--student-resolution", type=int, help="cross-quality: the student sees a downscaled R x R "
+                   "view of each batch (and is evaluated at R); data.student_resize_mode=area|bilinear")
+    p.add_argument("--downscale", type=int, help="cross-quality: student resolution = image size // K")
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers, e.g. 0.7,0.3") from None
 
 
 FLAG_KEYS = {  # argparse dest -> config key
@@ -80,7 +122,8 @@ FLAG_KEYS = {  # argparse dest -> config key
     "seed": "seed", "out": "out", "channels_last": "channels_last", "compile": "compile",
     "deterministic": "deterministic", "device": "device", "threads": "threads", "teacher": "teachers",
     "teacher_model": "teacher_model", "teacher_weights": "teacher_weights", "method": "method",
-    "ce_weight": "ce_weight", "init_epochs": "init_epochs",
+    "ce_weight": "ce_weight", "init_epochs": "init_epochs", "teacher_mix": "teacher_mix",
+    "student_resolution": "data.student_resolution", "downscale": "data.downscale",
 }
 
 
@@ -118,12 +161,9 @@ def cmd_list(what: str) -> None:
             classes = info.get("num_classes") or "any"
             print(f"{name:<14} {classes:>5} classes  {info.get('description', '')}")
     else:
-        from . import methods
+        from .methods.catalog import text_listing
 
-        for name in methods.list_methods():
-            cls = methods.get(name)
-            hp = ", ".join(f"{k}={v}" for k, v in cls.defaults.items())
-            print(f"{name:<13} {cls.paper}\n{'':<13} defaults: ce_weight={cls.ce_weight}, {hp}")
+        print(text_listing())
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -155,6 +195,19 @@ def cmd_mutual(args: argparse.Namespace) -> None:
     print(f"run directory {summary['run_dir']}")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import make_report
+
+    text = make_report(args.paths, fmt=args.format, epoch=args.epoch, metrics=args.metrics, out=args.out,
+                       plots=args.plots)
+    if args.out:
+        print(f"report written to {args.out}")
+    else:
+        print(text, end="")
+    if args.plots:
+        print(f"plots written to {args.plots}/")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may stand anywhere among the flags; argparse takes one contiguous run of them.
@@ -174,18 +227,31 @@ def main(argv: list[str] | None = None) -> int:
             config = config_from_args(args)
             runner = run_train if args.command == "train" else run_distill
             summary = runner(config, resume=args.resume, quiet=args.quiet)
-            print(f"done: best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), last top-1 "
-                  f"{summary['last'].get('test_top1', float('nan')):.2f}%; run directory {summary['run_dir']}")
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, from rank 0
+                print(f"done: best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), last top-1 "
+                      f"{summary['last'].get('test_top1', float('nan')):.2f}%; run directory {summary['run_dir']}")
         elif args.command == "mutual":
             cmd_mutual(args)
         elif args.command == "eval":
             cmd_eval(args)
+        elif args.command == "calibration":
+            from .calibration import calibration_study
+
+            calibration_study(args.run, out=args.out, checkpoint=args.checkpoint, data_root=args.data_root,
+                              device=args.device)
         elif args.command == "list":
             cmd_list(args.what)
         elif args.command == "demo":
             from .demo import run_demo
 
             run_demo(args.out, epochs=args.epochs, force=args.force)
+        elif args.command == "sweep":
+            from .sweep import run_sweep
+
+            run_sweep(args.file, out=args.out, data_root=args.data_root, only=args.only, dry_run=args.dry_run,
+                      quiet=args.quiet)
+        elif args.command == "report":
+            cmd_report(args)
     except KdlabError as exc:
         print(f"kdlab: error: {exc}", file=sys.stderr)
         return 2

@@ -26,11 +26,13 @@ class DataConfig:
     fraction: float | None = None
     coarse: bool = False
     augment: bool = True
-    batch_size: int = 64
+    batch_size: int = 64  # per process: under torchrun the global batch is batch_size x WORLD_SIZE
     test_batch_size: int = 256
     workers: int = 2
     image_size: int | None = None
     student_resolution: int | None = None  # cross-quality: the student sees this resolution
+    downscale: int | None = None  # cross-quality: student resolution = image size // downscale
+    student_resize_mode: str = "area"  # area | bilinear: how the student's view is downscaled
 
 
 @dataclass
@@ -44,11 +46,16 @@ class OptimConfig:
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
     gamma: float = 0.1
     warmup_epochs: int = 0
+    scale_lr: bool = False  # under torchrun: lr x WORLD_SIZE (linear scaling rule, docs/distributed.md)
 
 
 @dataclass
 class Config:
-    """Everything a `kdlab train` / `kdlab distill` run needs; saved as config.yaml in the run directory."""
+    """Everything a `kdlab train` / `kdlab distill` run needs; saved as config.yaml in the run directory.
+
+    Under torchrun (docs/distributed.md) `data.batch_size` is the per-process batch, `sync_bn` syncs the
+    students' BatchNorm statistics across GPUs and `optim.scale_lr` multiplies the LR by the world size.
+    """
 
     model: str = "resnet8"  # the trained model (the student, when distilling)
     data: DataConfig = field(default_factory=DataConfig)
@@ -62,6 +69,7 @@ class Config:
     device: str = "auto"
     threads: int | None = None
     log_every: int = 50
+    sync_bn: bool = False  # torchrun on GPUs: SyncBatchNorm in the trained models (refused on CPU)
     # distillation
     teachers: list[str] = field(default_factory=list)  # kdlab checkpoints
     teacher_model: str | None = None  # outside teacher: architecture name ...
@@ -243,6 +251,19 @@ def validate(config: Config) -> None:
          "data.fraction must be in (0, 1], e.g. 0.5, 0.25 or 0.1"),
         (config.ce_weight is None or config.ce_weight >= 0, "ce_weight must be >= 0"),
         (config.init_epochs is None or config.init_epochs >= 0, "init_epochs must be >= 0"),
+        (config.data.student_resolution is None or config.data.student_resolution >= 1,
+         f"data.student_resolution must be at least 1 pixel, got {config.data.student_resolution}; "
+         "pass e.g. --student-resolution 16"),
+        (config.data.downscale is None or config.data.downscale >= 1,
+         f"data.downscale must be a whole factor >= 1, got {config.data.downscale}; e.g. --downscale 2"),
+        (config.data.student_resolution is None or config.data.downscale is None,
+         "give either --student-resolution or --downscale, not both"),
+        (config.data.student_resize_mode in ("area", "bilinear"),
+         f"data.student_resize_mode '{config.data.student_resize_mode}' is not one of area, bilinear; "
+         "use data.student_resize_mode=area"),
+        (not config.teacher_mix or all(w >= 0 for w in config.teacher_mix) and sum(config.teacher_mix) > 0,
+         f"teacher_mix weights must be >= 0 with a positive sum, got {config.teacher_mix}; "
+         "write e.g. teacher_mix=[0.7,0.3]"),
     ]
     for ok, message in checks:
         if not ok:

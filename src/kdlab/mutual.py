@@ -17,6 +17,7 @@ from torch import nn
 
 from . import losses, models
 from .config import Config
+from .engine.distributed import convert_sync_bn, current, on_main, process_group
 from .engine.objectives import StepOutput
 from .engine.trainer import Trainer
 from .errors import KdlabError
@@ -85,21 +86,26 @@ def cohort_names(model_names: list[str]) -> list[str]:
     return [f"s{i}_{name}" for i, name in enumerate(model_names)]
 
 
+@process_group  # under torchrun: joins the process group for the run (docs/distributed.md)
 def run_mutual(config: Config, model_names: list[str], variant: str = "dml", resume: bool = False,
                quiet: bool = False) -> dict[str, Any]:
     from .run import _fit, arch_of, build_data, prepare_model, prepare_run_dir, setup_runtime
 
     if len(model_names) < 2:
         raise KdlabError("deep mutual learning needs at least 2 students; pass --models a,b[,c...]")
-    device = setup_runtime(config)
-    train_loader, test_loader, info = build_data(config, device)
-    students = [prepare_model(models.create(n, info.num_classes, in_channels=info.in_channels,
-                                            image_size=info.image_size), config, device) for n in model_names]
-    run_dir = prepare_run_dir(config.out, f"{variant}-{'-'.join(model_names)}-{info.name}-s{config.seed}", resume)
+    dist = current()
+    device = setup_runtime(config, dist)
+    train_loader, test_loader, info = build_data(config, device, dist)
+    students = [convert_sync_bn(prepare_model(models.create(n, info.num_classes, in_channels=info.in_channels,
+                                                            image_size=info.image_size), config, device),
+                                config.sync_bn, device) for n in model_names]
+    run_dir = on_main(dist, prepare_run_dir, config.out,
+                      f"{variant}-{'-'.join(model_names)}-{info.name}-s{config.seed}", resume)
     names = cohort_names(model_names)
     objective = MutualObjective(students, names, variant)
     arch = {**arch_of(model_names[0], info), "cohort": model_names, "variant": variant}
-    trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch, device, quiet=quiet)
+    trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch, device, distributed=dist,
+                      quiet=quiet)
     summary = _fit(trainer, config, run_dir, resume)
     last = summary["last"]
     summary["students"] = {n: {k[len(f"test_{n}_"):]: v for k, v in last.items() if k.startswith(f"test_{n}_")}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,19 @@ from torch import nn
 from . import data as datasets
 from . import models
 from .config import Config, dump
+from .data.augment import resize
 from .engine import checkpoint as ckpt
-from .engine.objectives import SupervisedObjective
+from .engine.distributed import Context, convert_sync_bn, current, on_main, process_group
+from .engine.objectives import StepOutput, SupervisedObjective
 from .engine.precision import pick_device
 from .engine.trainer import Trainer
 from .errors import KdlabError
 
 
-def setup_runtime(config: Config) -> torch.device:
-    """Threads, seeds and determinism for this process; returns the device."""
+def setup_runtime(config: Config, distributed: Context | None = None) -> torch.device:
+    """Threads, seeds and determinism for this process; returns the device (cuda:LOCAL_RANK under torchrun).
+
+    Every rank seeds with config.seed so that models are built identically; the Trainer reseeds ranks > 0."""
     if config.threads:
         torch.set_num_threads(config.threads)
     ckpt.seed_everything(config.seed)
@@ -33,9 +38,12 @@ def setup_runtime(config: Config) -> torch.device:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    device = pick_device(config.device)
+    device = distributed.device if distributed is not None else pick_device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise KdlabError("device 'cuda' was requested but no GPU is available; use --device cpu")
+    if config.sync_bn and device.type != "cuda":
+        raise KdlabError("sync_bn=true needs GPUs: PyTorch's SyncBatchNorm does not run on CPU; drop sync_bn or "
+                         "run with --device cuda")
     return device
 
 
@@ -52,7 +60,8 @@ def prepare_run_dir(out: str | None, default_name: str, resume: bool) -> Path:
     return run_dir
 
 
-def build_data(config: Config, device: torch.device, distributed=None):
+def build_data(config: Config, device: torch.device, distributed: Context | None = None):
+    """Train/test loaders (this rank's shards under torchrun; data.batch_size is per process) and DataInfo."""
     d = config.data
     return datasets.build_loaders(
         d.name, root=d.root, batch_size=d.batch_size, test_batch_size=d.test_batch_size, fraction=d.fraction,
@@ -61,10 +70,72 @@ def build_data(config: Config, device: torch.device, distributed=None):
         device=str(device), channels_last=config.channels_last, coarse=d.coarse, image_size=d.image_size)
 
 
-def arch_of(model_name: str, info) -> dict[str, Any]:
-    """What a checkpoint must record to rebuild its model and check it against data."""
-    return {"model": model_name, "num_classes": int(info.num_classes), "in_channels": int(info.in_channels),
+def arch_of(model_name: str, info, view: InputView | None = None) -> dict[str, Any]:
+    """What a checkpoint must record to rebuild its model and check it against data; a model trained on a
+    downscaled view records the size it takes and the data size it was downscaled from."""
+    arch = {"model": model_name, "num_classes": int(info.num_classes), "in_channels": int(info.in_channels),
             "image_size": int(info.image_size), "data": info.name}
+    if view is not None:
+        arch.update(image_size=view.size, downscaled_from=int(info.image_size), resize_mode=view.mode)
+    return arch
+
+
+class InputView:
+    """The low-resolution view of a batch (cross-quality distillation): `resize` to `size` with `mode`."""
+
+    def __init__(self, size: int, mode: str = "area"):
+        self.size, self.mode = int(size), mode
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return resize(images, self.size, self.mode)
+
+
+def student_view(config: Config, info) -> InputView | None:
+    """The student's view from data.student_resolution / data.downscale, checked against the data's size."""
+    d = config.data
+    if d.student_resolution is None and d.downscale is None:
+        return None
+    size = d.student_resolution if d.student_resolution is not None else info.image_size // d.downscale
+    flag = (f"--student-resolution {d.student_resolution}" if d.student_resolution is not None
+            else f"--downscale {d.downscale}")
+    if size > info.image_size:
+        raise KdlabError(f"{flag} asks for {size}px but {info.name} images are {info.image_size}px; the student's "
+                         f"view can only be smaller: choose 1..{info.image_size}")
+    if size < 1:
+        raise KdlabError(f"{flag} leaves less than 1px of {info.name}'s {info.image_size}px images; choose a "
+                         f"factor of at most {info.image_size}")
+    return None if size == info.image_size else InputView(size, d.student_resize_mode)
+
+
+class DownscaledInput(nn.Module):
+    """A model trained on a downscaled view, fed full-size batches: it downscales them itself (as trained).
+
+    Used for low-resolution checkpoints as teachers and in `kdlab eval`; the tap table is the model's own.
+    """
+
+    def __init__(self, model: nn.Module, view: InputView):
+        super().__init__()
+        self.model = model
+        self.view = view
+        try:
+            self.tap_points = {name: f"model.{path}" for name, path in models.tap_points(model).items()}
+        except KdlabError:
+            pass  # no tap table: logit methods still work
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.view(x))
+
+
+class LowResolutionObjective(SupervisedObjective):
+    """Cross-entropy on the downscaled view: the teacher-less baseline of cross-quality distillation."""
+
+    def __init__(self, model: nn.Module, view: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__(model)
+        self.view = view
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None = None,
+                epoch: int = 1) -> StepOutput:
+        return super().forward(self.view(images), targets, indices, epoch)
 
 
 def prepare_model(model: nn.Module, config: Config, device: torch.device) -> nn.Module:
@@ -78,23 +149,29 @@ def maybe_compile(model: nn.Module, config: Config) -> nn.Module:
     return torch.compile(model) if config.compile else model
 
 
+@process_group  # under torchrun: joins the process group for the run (docs/distributed.md)
 def run_train(config: Config, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Train `config.model` with cross-entropy (teachers and baseline students)."""
-    device = setup_runtime(config)
-    train_loader, test_loader, info = build_data(config, device)
-    run_dir = prepare_run_dir(config.out, f"{config.model}-{info.name}-s{config.seed}", resume)
+    dist = current()
+    device = setup_runtime(config, dist)
+    train_loader, test_loader, info = build_data(config, device, dist)
+    view = student_view(config, info)  # --student-resolution: the low-resolution baseline
+    run_dir = on_main(dist, prepare_run_dir, config.out, f"{config.model}-{info.name}-s{config.seed}", resume)
     model = prepare_model(models.create(config.model, info.num_classes, in_channels=info.in_channels,
-                                        image_size=info.image_size), config, device)
-    objective = SupervisedObjective(maybe_compile(model, config))
-    trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch_of(config.model, info), device,
-                      quiet=quiet)
+                                        image_size=view.size if view else info.image_size), config, device)
+    model = convert_sync_bn(model, config.sync_bn, device)
+    objective = (SupervisedObjective(maybe_compile(model, config)) if view is None
+                 else LowResolutionObjective(maybe_compile(model, config), view))
+    trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch_of(config.model, info, view),
+                      device, eval_transform=view, distributed=dist, quiet=quiet)
     return _fit(trainer, config, run_dir, resume)
 
 
 def _fit(trainer: Trainer, config: Config, run_dir: Path, resume: bool) -> dict[str, Any]:
     if resume:
         trainer.resume()
-    dump(config, run_dir / "config.yaml")
+    if trainer.is_main:  # only rank 0 writes the run directory
+        dump(config, run_dir / "config.yaml")
     summary = trainer.fit()
     summary["run_dir"] = str(run_dir)
     return summary
@@ -102,13 +179,24 @@ def _fit(trainer: Trainer, config: Config, run_dir: Path, resume: bool) -> dict[
 
 def load_trained_model(path: str | Path, info=None, role: str = "teacher") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model from a kdlab checkpoint (architecture read from it), checked against the data."""
+    state, arch = read_checkpoint(path, role)
+    if info is not None:
+        check_against_data(arch, info, path, role)
+    model = model_from_checkpoint(state, arch, path)
+    return (fit_to_data(model, arch) if info is not None else model), arch
+
+
+def read_checkpoint(path: str | Path, role: str = "teacher") -> tuple[dict[str, Any], dict[str, Any]]:
+    """(checkpoint, its recorded architecture), with a clear error for files that are not kdlab checkpoints."""
     state = ckpt.load(path, role)
     arch = state.get("arch")
     if not isinstance(arch, dict) or "model" not in state:
         raise KdlabError(f"'{path}' is not a kdlab checkpoint (no architecture recorded); for outside weights use "
                          f"--teacher-model NAME --teacher-weights {path}")
-    if info is not None:
-        check_against_data(arch, info, path, role)
+    return state, arch
+
+
+def model_from_checkpoint(state: dict[str, Any], arch: dict[str, Any], path: str | Path) -> nn.Module:
     model = models.create(arch["model"], arch["num_classes"], in_channels=arch["in_channels"],
                           image_size=arch["image_size"])
     try:
@@ -116,21 +204,49 @@ def load_trained_model(path: str | Path, info=None, role: str = "teacher") -> tu
     except RuntimeError:
         raise KdlabError(f"the weights in '{path}' do not fit a {arch['model']}; the checkpoint is damaged or "
                          f"was edited") from None
-    return model, arch
+    return model
+
+
+def fit_to_data(model: nn.Module, arch: dict[str, Any]) -> nn.Module:
+    """A model trained on a downscaled view gets full-size batches downscaled the same way (teacher, eval)."""
+    if arch.get("downscaled_from") is None:
+        return model
+    return DownscaledInput(model, InputView(arch["image_size"], arch.get("resize_mode", "area")))
 
 
 def check_against_data(arch: dict[str, Any], info, path, role: str) -> None:
     if arch["num_classes"] != info.num_classes:
         raise KdlabError(f"the {role} '{path}' predicts {arch['num_classes']} classes but {info.name} has "
                          f"{info.num_classes}; use a {role} trained on {info.name}")
+    source = arch.get("downscaled_from")
+    if source is not None:  # trained on a downscaled view (cross-quality): it needs the same full-size data
+        if arch["in_channels"] != info.in_channels or source != info.image_size:
+            raise KdlabError(f"the {role} '{path}' takes {arch['image_size']}px views of {arch['in_channels']}x"
+                             f"{source}px images but {info.name} has {info.in_channels}x{info.image_size}px; "
+                             f"use it on the data it was trained on")
+        return
     if arch["in_channels"] != info.in_channels or arch["image_size"] != info.image_size:
         raise KdlabError(f"the {role} '{path}' takes {arch['in_channels']}x{arch['image_size']}px inputs but "
                          f"{info.name} has {info.in_channels}x{info.image_size}px; use a {role} trained on it")
 
 
 def load_teachers(config: Config, info) -> list[nn.Module]:
-    """Teachers from kdlab checkpoints (--teacher) or an outside model (--teacher-model/--teacher-weights)."""
-    teachers = [load_trained_model(path, info)[0] for path in config.teachers]
+    """Teachers from kdlab checkpoints (--teacher) or an outside model (--teacher-model/--teacher-weights).
+
+    Several checkpoints must agree on classes and input size (checked before the data, for a clear message);
+    one trained on a downscaled view gets the full-size batch downscaled as in its training.
+    """
+    loaded = [read_checkpoint(path) for path in config.teachers]
+    inputs = [(a["num_classes"], a["in_channels"], a["image_size"], a.get("downscaled_from")) for _, a in loaded]
+    if len(set(inputs)) > 1:
+        described = ", ".join(f"{p}: {c} classes, {ch}x{s}px"
+                              for p, (c, ch, s, _) in zip(config.teachers, inputs, strict=True))
+        raise KdlabError(f"the teachers differ in classes or input size ({described}); use teachers trained "
+                         f"on the same data at the same resolution")
+    for path, (_, arch) in zip(config.teachers, loaded, strict=True):
+        check_against_data(arch, info, path, "teacher")
+    teachers = [fit_to_data(model_from_checkpoint(state, arch, path), arch)
+                for path, (state, arch) in zip(config.teachers, loaded, strict=True)]
     if config.teacher_model:
         if not config.teacher_weights:
             raise KdlabError("--teacher-model needs --teacher-weights FILE (a local state_dict; nothing is "
@@ -142,32 +258,41 @@ def load_teachers(config: Config, info) -> list[nn.Module]:
     return teachers
 
 
+@process_group  # under torchrun: joins the process group for the run (docs/distributed.md)
 def run_distill(config: Config, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Distill the teacher(s) of `config` into `config.model` with `config.method`."""
-    from .distillation import DistillationLoss
+    from .distillation import DistillationLoss, mix_weights
     from .methods import parse
 
     if not config.method:
         raise KdlabError("no method given; pass --method NAME (see 'kdlab list methods')")
     parse(config.method, config.methods)  # validate names and hyperparameters before loading anything
-    device = setup_runtime(config)
-    train_loader, test_loader, info = build_data(config, device)
+    if config.teacher_mix is not None:
+        mix_weights(config.teacher_mix, len(config.teachers) + bool(config.teacher_model))
+    dist = current()
+    device = setup_runtime(config, dist)
+    train_loader, test_loader, info = build_data(config, device, dist)
+    view = student_view(config, info)  # cross-quality: the student sees a downscaled view of the batch
     teachers = [prepare_model(t, config, device) for t in load_teachers(config, info)]
-    if len(teachers) > 1:
-        raise KdlabError("several teachers are not supported yet; pass one --teacher")
-    teacher_name = Path(config.teachers[0]).parent.name if config.teachers else (config.teacher_model or "none")
-    run_dir = prepare_run_dir(config.out, f"{config.method}-{teacher_name}-{config.model}-s{config.seed}", resume)
+    teacher_name = ("+".join(Path(t).parent.name for t in config.teachers) if config.teachers
+                    else (config.teacher_model or "none"))
+    run_dir = on_main(dist, prepare_run_dir, config.out,
+                      f"{config.method}-{teacher_name}-{config.model}-s{config.seed}", resume)
     student = prepare_model(models.create(config.model, info.num_classes, in_channels=info.in_channels,
-                                          image_size=info.image_size), config, device)
+                                          image_size=view.size if view else info.image_size), config, device)
+    student = convert_sync_bn(student, config.sync_bn, device)
     objective = DistillationLoss(
-        teachers[0] if teachers else None, student, method=config.method, ce_weight=config.ce_weight,
+        teachers or None, student, method=config.method, ce_weight=config.ce_weight,
         hparams=config.methods, input_shape=(info.in_channels, info.image_size, info.image_size),
         train_targets=getattr(getattr(train_loader, "dataset", None), "targets", None),
-        epochs=config.optim.epochs, num_classes=info.num_classes).to(device)
-    arch = arch_of(config.model, info)
-    run_init_stage(config, objective, train_loader, test_loader, run_dir, arch, device, resume, quiet)
-    trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch, device, quiet=quiet)
-    return _fit(trainer, config, run_dir, resume and (run_dir / "last.pt").exists())
+        train_indices=getattr(getattr(train_loader, "dataset", None), "indices", None),
+        epochs=config.optim.epochs, num_classes=info.num_classes, student_input=view,
+        teacher_mix=config.teacher_mix).to(device)
+    arch = arch_of(config.model, info, view)
+    run_init_stage(config, objective, train_loader, test_loader, run_dir, arch, device, resume, quiet, dist)
+    trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch, device, eval_transform=view,
+                      distributed=dist, quiet=quiet)
+    return _fit(trainer, config, run_dir, resume and on_main(dist, (run_dir / "last.pt").exists))
 
 
 def init_epochs(config: Config) -> int:
@@ -178,7 +303,7 @@ def init_epochs(config: Config) -> int:
 
 
 def run_init_stage(config: Config, objective, train_loader, test_loader, run_dir: Path, arch, device,
-                   resume: bool, quiet: bool) -> None:
+                   resume: bool, quiet: bool, distributed: Context | None = None) -> None:
     """The initialisation stage of two-stage methods, in run_dir/init/ (checkpointed and resumable).
 
     RepDistiller's protocol: SGD at the base LR with the same momentum and weight decay, no CE, the
@@ -193,13 +318,16 @@ def run_init_stage(config: Config, objective, train_loader, test_loader, run_dir
     init_config.optim.schedule = "constant"
     init_config.optim.warmup_epochs = 0
     objective.set_phase("init")
-    trainer = Trainer(init_config, objective, train_loader, test_loader, init_dir, arch, device, quiet=quiet)
+    trainer = Trainer(init_config, objective, train_loader, test_loader, init_dir, arch, device,
+                      distributed=distributed, quiet=quiet)
     state_path = init_dir / "last.pt"
-    if state_path.exists():
+    if on_main(distributed, state_path.exists):  # rank 0 decides for all
         trainer.resume()
     if trainer.start_epoch <= epochs:
-        if not quiet:
-            print(f"init stage: {epochs} epochs of {', '.join(m.name for m in objective.init_methods())}", flush=True)
-        init_dir.mkdir(parents=True, exist_ok=True)
+        if trainer.is_main:
+            if not quiet:
+                print(f"init stage: {epochs} epochs of {', '.join(m.name for m in objective.init_methods())}",
+                      flush=True)
+            init_dir.mkdir(parents=True, exist_ok=True)
         trainer.fit()
     objective.set_phase("main")

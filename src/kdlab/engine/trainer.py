@@ -24,6 +24,7 @@ from ..config import Config, to_dict
 from ..errors import KdlabError
 from ..reliability import save_bins
 from . import checkpoint as ckpt
+from .distributed import on_main, rank_seed, seed_rank, wrap_objective
 from .evaluate import evaluate
 from .logging import RunLogger
 from .precision import autocast, grad_scaler
@@ -50,8 +51,15 @@ class Trainer:
         optim = config.optim
         trainable = getattr(objective, "trainable_parameters", None)
         params = list(trainable()) if trainable else [p for p in objective.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum,
+        # optim.scale_lr: the linear scaling rule (Goyal et al. 2017) for a global batch world_size x larger.
+        scale = distributed.world_size if distributed is not None and optim.scale_lr else 1
+        self.base_lr = optim.lr * scale
+        self.optimizer = torch.optim.SGD(params, lr=self.base_lr, momentum=optim.momentum,
                                          weight_decay=optim.weight_decay, nesterov=optim.nesterov)
+        # Forward/backward go through DDP (gradients averaged across ranks); state and evaluation use the
+        # unwrapped objective, so checkpoints load in 1-process runs.
+        self.train_module = objective if distributed is None else wrap_objective(objective, distributed)
+        seed_rank(distributed, config.seed)  # models are built alike on every rank; what follows differs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(optim))
         self.scaler = grad_scaler(device, config.precision)
         self.start_epoch = 1
@@ -93,15 +101,31 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        ckpt.set_rng_state(state["rng"])
+        if self.config.optim.scale_lr:  # the LR follows this run's world size, not the checkpoint's
+            factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+            self.scheduler.base_lrs = [self.base_lr for _ in self.optimizer.param_groups]
+            for group in self.optimizer.param_groups:
+                group["initial_lr"], group["lr"] = self.base_lr, self.base_lr * factor
+        self._restore_rng(state)
         self.start_epoch = int(state["epoch"]) + 1
         self.best_top1 = float(state["best_top1"])
         self.best_epoch = int(state["best_epoch"])
 
+    def _restore_rng(self, state: dict[str, Any]) -> None:
+        """Each rank gets its own saved RNG state back when the world size is unchanged; otherwise rank 0
+        takes the saved rank-0 state and other ranks reseed from (seed, rank, epoch)."""
+        per_rank = state.get("rng_ranks")
+        if self.dist is not None and per_rank and len(per_rank) == self.dist.world_size:
+            ckpt.set_rng_state(per_rank[self.dist.rank])
+        elif self.is_main:
+            ckpt.set_rng_state(state["rng"])
+        else:
+            ckpt.seed_everything(rank_seed(self.config.seed + int(state["epoch"]), self.dist.rank))
+
     def resume(self) -> None:
         """Continue from run_dir/last.pt, checking it belongs to the same architecture and data."""
         path = self.run_dir / "last.pt"
-        state = ckpt.load(path, "resume checkpoint")
+        state = on_main(self.dist, ckpt.load, path, "resume checkpoint")  # rank 0 reads, every rank loads it
         if state.get("arch") != self.arch:
             raise KdlabError(f"'{path}' was written for {state.get('arch')}, not {self.arch}; resume with the "
                              f"same model and data, or choose another --out")
@@ -124,9 +148,13 @@ class Trainer:
                     self.best_top1, self.best_epoch = top1, epoch
                 record["best_top1"] = self.best_top1
                 last = record
+                # A collective: every rank hands its RNG state to rank 0, which saves them all.
+                rng_ranks = self.dist.all_gather_object(ckpt.rng_state()) if self.dist is not None else None
                 if self.is_main:
                     logger.log(record)
                     state = self.state_dict(epoch)
+                    if rng_ranks is not None:
+                        state["rng_ranks"] = rng_ranks
                     ckpt.save_atomic(state, self.run_dir / "last.pt")
                     if is_best:
                         ckpt.save_atomic(state, self.run_dir / "best.pt")
@@ -143,7 +171,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg = self.config
-        self.objective.train()
+        self.train_module.train()
         if hasattr(self.train_loader, "set_epoch"):
             self.train_loader.set_epoch(epoch)
         lr = self.optimizer.param_groups[0]["lr"]
@@ -160,7 +188,7 @@ class Trainer:
             if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast(self.device, cfg.precision):
-                out = self.objective(images, targets, indices, epoch)
+                out = self.train_module(images, targets, indices, epoch)
             self.optimizer.zero_grad(set_to_none=True)
             if out.backward is not None:
                 out.backward(self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
@@ -177,7 +205,9 @@ class Trainer:
             if out.logits is not None:
                 correct += (out.logits.detach().argmax(1) == targets).sum()
             if steps % cfg.log_every == 0 or steps == 1:
-                value = float(loss)
+                # Under DDP the mean over ranks, so that all ranks stop together on a non-finite loss.
+                value = float(loss) if self.dist is None else float(self.dist.all_reduce_sum(loss.float()))
+                value = value / (self.dist.world_size if self.dist is not None else 1)
                 if not math.isfinite(value):
                     raise KdlabError(f"the training loss became {value} in epoch {epoch}, step {steps}; lower "
                                      f"optim.lr, use --precision fp32, or check the method's weights")
@@ -187,6 +217,12 @@ class Trainer:
         elapsed = time.perf_counter() - start
         self.scheduler.step()
         record: dict[str, Any] = {"epoch": epoch, "lr": lr}
+        if self.dist is not None:  # losses and accuracy over all ranks' batches (one all-reduce)
+            names = sorted(sums)
+            local = [float(sums[n]) for n in names] + [float(correct), seen, steps]
+            packed = self.dist.all_reduce_sum(torch.tensor(local, dtype=torch.float64)).tolist()
+            sums = dict(zip(names, packed[:len(names)], strict=True))
+            correct, seen, steps = packed[-3], int(packed[-2]), int(packed[-1])
         totals = {name: float(v) / max(steps, 1) for name, v in sums.items()}
         if not math.isfinite(totals.get("loss", 0.0)):
             raise KdlabError(f"the training loss became {totals['loss']} in epoch {epoch}; lower optim.lr, use "
@@ -202,6 +238,8 @@ class Trainer:
     def evaluate_all(self) -> dict[str, Any]:
         record: dict[str, Any] = {}
         reduce = self.dist.all_reduce_sum if self.dist is not None else None
+        if self.dist is not None:  # every rank evaluates rank 0's model: same BatchNorm statistics too
+            self.dist.broadcast_buffers(self.objective.eval_models().values())
         for name, model in self.objective.eval_models().items():
             result = evaluate(model, self.test_loader, self.device, self.config.precision,
                               self.config.channels_last, self.arch.get("num_classes"), self.eval_transform,

@@ -29,7 +29,8 @@ class BuildContext:
     student_shapes: dict[str, torch.Size] = field(default_factory=dict)  # shapes without the batch dim
     teacher_shapes: dict[str, torch.Size] = field(default_factory=dict)
     num_classes: int = 0
-    train_targets: torch.Tensor | None = None  # labels of the full training set (CRD's memory)
+    train_targets: torch.Tensor | None = None  # labels of the (possibly fractioned) training set (CRD's memory)
+    train_indices: torch.Tensor | None = None  # their positions in the full training set (= batch.indices values)
     epochs: int = 0
 
 
@@ -111,6 +112,9 @@ class Method(nn.Module):
     def init_modules(self, student: nn.Module) -> list[nn.Module]:
         """Modules whose parameters the init stage trains (default: the student and this method's connectors)."""
         return [student, self]
+
+    def set_phase(self, phase: str) -> None:
+        """Called when the run switches between the 'init' and 'main' phases (e.g. to freeze init modules)."""
 
     def init_forward(self, batch: DistillBatch) -> dict[str, torch.Tensor]:
         """Loss terms of the init stage (only called when `has_init_stage`)."""

@@ -123,8 +123,8 @@ class CRD(Method):
             return lookup[indices.to(lookup.device)]
         if int(indices.max()) >= self.memory.n_data or int(indices.min()) < 0:
             raise KdlabError(f"crd: batch indices reach {int(indices.max())} but train_targets holds "
-                             f"{self.memory.n_data} labels; pass the labels of the whole (unfractioned) training "
-                             f"set, indexed like the batches' indices")
+                             f"{self.memory.n_data} labels (a data fraction?); pass the labels of the whole training "
+                             f"set indexed like the batches' indices, or use method.crd.mode=queue")
         return indices
 
     def forward(self, batch: DistillBatch) -> dict[str, torch.Tensor]:

@@ -5,11 +5,15 @@ Defaults follow ../shared/METHODS.md (§4, §12, §19, §24, §26) and the autho
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from .. import losses
+from ..calibration import calibrated_temperature
+from ..errors import KdlabError
 from . import register
-from .base import DistillBatch, Method
+from .base import BuildContext, DistillBatch, Method
 
 
 @register
@@ -106,17 +110,37 @@ class TfKDSelf(Method):
 class TfKDVirtual(Method):
     """Tf-KD with a virtual teacher (Yuan et al. 2020): KL from softmax(p_d/τ) of a smoothed one-hot
     (correct class a = 0.99); no network teacher. Defaults: the authors' CIFAR-100 ResNet-18 values
-    α 0.1, τ 20, m 100, i.e. CE weight 0.9 (METHODS.md §12)."""
+    α 0.1, τ 20, m 100, i.e. CE weight 0.9 (METHODS.md §12).
+
+    `calibrate=A` (0 = off, the authors' fixed τ) replaces τ by the temperature at which the signal's
+    confidence q_y equals the target accuracy A (seed 002: a better-calibrated signal; kdlab.calibration).
+    """
 
     name = "tfkd_virtual"
     paper = "Yuan et al. Revisiting Knowledge Distillation via Label Smoothing Regularization. CVPR 2020"
-    defaults = {"weight": 0.1, "temperature": 20.0, "multiplier": 100.0, "correct_prob": 0.99}
+    defaults = {"weight": 0.1, "temperature": 20.0, "multiplier": 100.0, "correct_prob": 0.99, "calibrate": 0.0}
     ce_weight = 0.9
     uses_teacher_logits = False
     needs_teacher = False
 
+    def __init__(self, **hparams: Any):
+        super().__init__(**hparams)
+        if not 0.0 <= self.hp["calibrate"] < 1.0:
+            raise KdlabError(f"method.tfkd_virtual.calibrate={self.hp['calibrate']} must be a target accuracy in "
+                             f"(1/K, 1), or 0 for the fixed temperature; e.g. calibrate=0.9")
+
+    def build(self, ctx: BuildContext) -> None:
+        if ctx.num_classes:
+            self.signal_temperature(ctx.num_classes)  # a target below chance fails here, before training
+
+    def signal_temperature(self, num_classes: int) -> float:
+        """τ of the virtual teacher: the fixed one, or the one calibrated to the target accuracy."""
+        if not self.hp["calibrate"]:
+            return self.hp["temperature"]
+        return calibrated_temperature(num_classes, self.hp["calibrate"], self.hp["correct_prob"])
+
     def forward(self, batch: DistillBatch) -> dict[str, torch.Tensor]:
         return {"tfkd_virtual": losses.tfkd_virtual(batch.student_logits, batch.targets,
                                                     correct_prob=self.hp["correct_prob"],
-                                                    temperature=self.hp["temperature"],
+                                                    temperature=self.signal_temperature(batch.student_logits.shape[1]),
                                                     multiplier=self.hp["multiplier"])}

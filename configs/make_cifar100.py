@@ -1,0 +1,189 @@
+"""Writes configs/cifar100/: training configs (teachers and baseline students) and one config per
+teacher/student pair and method, with each method's published hyperparameters and the published top-1.
+
+Run from the repository root: `python configs/make_cifar100.py` (it overwrites configs/cifar100/*). Sources:
+../shared/RESULTS.md §2.1-§2.3 (numbers, recipes) and ../shared/METHODS.md §3-§26 (hyperparameters).
+tests/test_sweep_report.py loads every file through kdlab.config.build and kdlab.methods.parse.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+OUT = Path(__file__).resolve().parent / "cifar100"
+LIGHT = ("mobilenetv2", "shufflenetv1", "shufflenetv2")  # lr 0.01 in the CRD protocol (RESULTS.md §2.1)
+TEACHERS = ("resnet56", "resnet110", "resnet32x4", "wrn_40_2", "vgg13", "resnet18")
+# Teacher/student pairs of RESULTS.md §2.2 (same architecture family) and §2.3 (cross-architecture).
+# R50→MV2 and R50→VGG8 are left out: the zoo has no CIFAR ResNet-50 (CRD's bottleneck ResNet50).
+# dkd_beta: mdistiller configs/cifar100/dkd/*.yaml (METHODS.md §24); reviewkd: official reviewKD.sh (§25).
+PAIRS = {
+    "resnet56-resnet20": {"dkd_beta": 2.0, "reviewkd": 0.6, "same": True, "col": 0},
+    "resnet110-resnet32": {"dkd_beta": 2.0, "reviewkd": 1.0, "same": True, "col": 1},
+    "resnet32x4-resnet8x4": {"dkd_beta": 8.0, "reviewkd": 5.0, "same": True, "col": 2},
+    "wrn_40_2-wrn_16_2": {"dkd_beta": 6.0, "reviewkd": 5.0, "same": True, "col": 3},
+    "wrn_40_2-wrn_40_1": {"dkd_beta": 6.0, "reviewkd": 5.0, "same": True, "col": 4, "no_fsp": True},
+    "vgg13-vgg8": {"dkd_beta": 6.0, "reviewkd": None, "same": True, "col": 5},
+    "resnet110-resnet20": {"dkd_beta": None, "reviewkd": None, "same": True, "col": 6},
+    "vgg13-mobilenetv2": {"dkd_beta": 6.0, "reviewkd": None, "same": False, "col": 0},
+    "resnet32x4-shufflenetv1": {"dkd_beta": 8.0, "reviewkd": 5.0, "same": False, "col": 1},
+    "resnet32x4-shufflenetv2": {"dkd_beta": 8.0, "reviewkd": 8.0, "same": False, "col": 2},
+    "wrn_40_2-shufflenetv1": {"dkd_beta": 8.0, "reviewkd": 5.0, "same": False, "col": 3},
+}
+# Assumptions where no per-pair value is published (said in the file's header).
+ASSUMED = {
+    ("resnet110-resnet20", "dkd_beta"): (2.0, "not in mdistiller's configs; 2.0 as for the other CIFAR-ResNet pairs"),
+    ("resnet110-resnet20", "reviewkd"): (1.0, "not in reviewKD.sh; 1.0 as for res110→res32"),
+    ("vgg13-vgg8", "reviewkd"): (5.0, "not in reviewKD.sh; the mdistiller default 5.0"),
+    ("vgg13-mobilenetv2", "reviewkd"): (5.0, "not in reviewKD.sh; the mdistiller default 5.0"),
+}
+# Published top-1 (RESULTS.md). Same-architecture columns: R56→R20, R110→R32, R32x4→R8x4, W40-2→W16-2,
+# W40-2→W40-1, VGG13→VGG8, R110→R20. Cross-architecture columns: VGG13→MV2, R32x4→SV1, R32x4→SV2, W40-2→SV1.
+SAME = {
+    "teacher": ("R", "72.34 74.31 79.42 75.61 75.61 74.64 74.31"),
+    "student": ("R", "69.06 71.14 72.50 73.26 71.98 70.36 69.06"),
+    "kd": ("R", "70.66 73.08 73.33 74.92 73.54 72.98 70.67"),
+    "fitnet": ("R", "69.21 71.06 73.50 73.58 72.24 71.02 68.99"),
+    "at": ("R", "70.55 72.31 73.44 74.08 72.77 71.43 70.22"),
+    "sp": ("R", "69.67 72.69 72.94 73.83 72.43 72.68 70.04"),
+    "cc": ("R", "69.63 71.48 72.97 73.56 72.21 70.71 69.48"),
+    "vid": ("R", "70.38 72.61 73.09 74.11 73.30 71.23 70.16"),
+    "rkd": ("R", "69.61 71.82 71.90 73.35 72.22 71.48 69.25"),
+    "pkt": ("R", "70.34 72.61 73.64 74.54 73.45 72.88 70.25"),
+    "ab": ("R", "69.47 70.98 73.17 72.50 72.38 70.94 69.53"),
+    "ft": ("R", "69.84 72.37 72.86 73.25 71.59 70.58 70.22"),
+    "fsp": ("R", "69.95 71.89 72.62 72.91 - 70.23 70.11"),
+    "nst": ("R", "69.60 71.96 73.30 73.68 72.24 71.53 69.53"),
+    "crd": ("R", "71.16 73.48 75.51 75.48 74.14 73.94 71.46"),
+    "od": ("ND, secondary", "70.98 - 74.95 - 74.33 - -"),
+    "reviewkd": ("ND, secondary", "71.89 - 75.63 - 75.09 - -"),
+    "dkd": ("M", "71.97 74.11 76.32 76.23 74.81 74.68 71.06"),
+    "dist": ("D, mean ± std", "71.75±0.30 - 76.31±0.19 - 74.43±0.24 - -"),
+    "lskd": ("L", "71.43 74.17 76.62 76.11 74.37 74.36 71.48"),
+    "dkd_ls": ("L", "72.32 74.29 77.01 76.39 74.89 74.81 71.85"),
+}
+CROSS = {
+    "teacher": ("R", "74.64 79.42 79.42 75.61"),
+    "student": ("R", "64.60 70.50 71.82 70.50"),
+    "kd": ("R", "67.37 74.07 74.45 74.83"),
+    "fitnet": ("R", "64.14 73.59 73.54 73.73"),
+    "at": ("R", "59.40 71.73 72.73 73.32"),
+    "sp": ("R", "66.30 73.48 74.56 74.52"),
+    "cc": ("R", "64.86 71.14 71.29 71.38"),
+    "vid": ("R", "65.56 73.38 73.40 73.61"),
+    "rkd": ("R", "64.52 72.28 73.21 72.21"),
+    "pkt": ("R", "67.13 74.10 74.69 73.89"),
+    "ab": ("R", "66.06 73.55 74.31 73.34"),
+    "ft": ("R", "61.78 71.75 72.50 72.03"),
+    "nst": ("R", "58.16 74.12 74.68 74.89"),
+    "crd": ("R", "69.73 75.11 75.65 76.05"),
+    "od": ("ND, secondary", "- 75.98 76.82 -"),
+    "reviewkd": ("ND, secondary", "- 77.45 77.78 -"),
+    "dkd": ("M", "69.71 76.45 77.07 76.70"),
+    "dist": ("D, mean ± std", "- 76.34±0.18 77.35±0.25 -"),
+    "lskd": ("L", "68.61 - 75.56 -"),
+    "dkd_ls": ("L", "69.98 - 77.37 -"),
+}
+SOURCES = {"R": "HobbitLong/RepDistiller README, last epoch", "M": "megvii-research/mdistiller README, best epoch, "
+           "mean of 5 runs", "D": "hunto/DIST_KD README", "L": "sunshangquan/logit-standardization-KD README",
+           "ND": "WangYZ1608/Knowledge-Distillation-via-ND README, quoting other papers"}
+
+
+def method_configs(pair: str, info: dict) -> dict[str, tuple[str, dict, str]]:
+    """method file name -> (method spec, extra config keys, why these values)."""
+    beta = info["dkd_beta"] or ASSUMED[(pair, "dkd_beta")][0]
+    review = info["reviewkd"] or ASSUMED[(pair, "reviewkd")][0]
+    rep = "RepDistiller scripts/run_cifar_distill.sh (METHODS.md §3)"
+    configs = {
+        "kd": ("kd", {"ce_weight": 0.1, "methods": {"kd": {"weight": 0.9, "temperature": 4.0}}},
+               "CRD protocol: -r 0.1 -a 0.9, T 4 (METHODS.md §4)"),
+        "fitnet": ("fitnet", {"methods": {"fitnet": {"weight": 100.0, "hint_stage": -2}}},
+                   f"{rep}: -b 100, hint layer 2, one stage"),
+        "at": ("at", {"methods": {"at": {"weight": 1000.0, "p": 2.0}}}, f"{rep}: -b 1000, p 2"),
+        "sp": ("sp", {"methods": {"sp": {"weight": 3000.0}}}, f"{rep}: -b 3000"),
+        "cc": ("cc", {"methods": {"cc": {"variant": "repdistiller", "weight": 0.02}}},
+               f"{rep}: -b 0.02, RepDistiller's shipped CC loss (METHODS.md §23)"),
+        "vid": ("vid", {"methods": {"vid": {"weight": 1.0, "init_variance": 5.0}}}, f"{rep}: -b 1"),
+        "rkd": ("rkd", {"methods": {"rkd": {"weight": 1.0, "distance_weight": 25.0, "angle_weight": 50.0}}},
+                f"{rep}: -b 1 (distance 25, angle 50)"),
+        "pkt": ("pkt", {"methods": {"pkt": {"weight": 30000.0}}}, f"{rep}: -b 30000"),
+        "ab": ("ab", {"init_epochs": 30, "methods": {"ab": {"main": "ce", "init_weight": 0.003}}},
+               f"{rep}: --init_epochs 30, then CE only (METHODS.md §14)"),
+        "ft": ("ft", {"init_epochs": 30, "methods": {"ft": {"weight": 500.0, "rate": 0.5}}},
+               "authors' formula and beta 500 (RepDistiller's variant uses 200); --init_epochs 30 (METHODS.md §13)"),
+        "fsp": ("fsp", {"init_epochs": 30}, f"{rep}: --init_epochs 30"),
+        "nst": ("nst", {"methods": {"nst": {"weight": 50.0}}}, f"{rep}: -b 50"),
+        "crd": ("crd", {"methods": {"crd": {"weight": 0.8, "feat_dim": 128, "num_negatives": 16384,
+                                            "temperature": 0.07, "momentum": 0.5}}},
+                f"{rep}: -a 0 -b 0.8, K 16384, tau 0.07, m 0.5, dim 128 (METHODS.md §21)"),
+        "od": ("od", {"methods": {"od": {"weight": 0.001}}}, "mdistiller OFD: weight 1e-3 (METHODS.md §10)"),
+        "reviewkd": ("reviewkd", {"methods": {"reviewkd": {"weight": review, "warmup": 20}}},
+                     "official reviewKD.sh --kd-loss-weight for this pair, warm-up 20 (METHODS.md §25)"),
+        "dkd": ("dkd", {"methods": {"dkd": {"alpha": 1.0, "beta": beta, "temperature": 4.0, "warmup": 20}}},
+                "mdistiller configs/cifar100/dkd: CE 1, alpha 1, beta per pair, T 4, warm-up 20 (METHODS.md §24)"),
+        "dist": ("dist", {"methods": {"dist": {"weight": 2.0, "beta": 1.0, "gamma": 1.0, "temperature": 4.0}}},
+                 "dist_cifar.yaml: kd_loss_weight 2, tau 4, beta = gamma = 1 (METHODS.md §19)"),
+        "lskd": ("lskd", {"ce_weight": 0.1, "methods": {"lskd": {"weight": 9.0, "temperature": 2.0}}},
+                 "logit-standardization-KD: --base-temp 2 --kd-weight 9, CE 0.1 (METHODS.md §26)"),
+        "dkd_ls": ("dkd", {"methods": {"dkd": {"alpha": 9.0, "beta": 9.0 * beta, "temperature": 2.0, "warmup": 20,
+                                               "standardize": True}}},
+                   "DKD+LS: standardised logits, alpha and beta times kd-weight 9, T 2 (METHODS.md §26)"),
+    }
+    if not info["same"] or info.get("no_fsp"):
+        del configs["fsp"]  # FSP needs matching spatial sizes; RepDistiller lists it as N/A here
+    return configs
+
+
+def published(pair: str, info: dict, row: str) -> str:
+    source, values = (SAME if info["same"] else CROSS).get(row, ("", ""))
+    cells = values.split()
+    value = cells[info["col"]] if cells else "-"
+    if value == "-":
+        return "not published for this pair"
+    tag = source.split(",")[0]
+    detail = f", {source.split(', ', 1)[1]}" if ", " in source else ""
+    return f"{value} [{SOURCES[tag]}{detail}]"
+
+
+def dump(path: Path, header: list[str], body: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(f"# {line}\n" for line in header) + yaml.safe_dump(body, sort_keys=False)
+    path.write_text(text)
+
+
+def main() -> None:
+    models = sorted(set(TEACHERS) | {pair.split("-")[1] for pair in PAIRS})
+    for model in models:
+        lr = 0.01 if model in LIGHT else 0.05
+        role = "teacher" if model in TEACHERS else "student"
+        out = f"runs/cifar100/{'teachers' if role == 'teacher' else 'students'}/{model}"
+        dump(OUT / "train" / f"{model}.yaml",
+             [f"{model} on CIFAR-100 with the CRD/RepDistiller recipe (RESULTS.md §2.1): 240 epochs, SGD 0.9,",
+              f"lr {lr}, x0.1 at 150/180/210, batch 64, weight decay 5e-4, crop+flip.",
+              f"kdlab train --config configs/cifar100/train/{model}.yaml --data-root DIR --seed 0 --out {out}"],
+             {"model": model, "data": {"name": "cifar100", "batch_size": 64},
+              "optim": {"epochs": 240, "lr": lr, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
+                        "milestones": [150, 180, 210], "gamma": 0.1}})
+    for pair, info in PAIRS.items():
+        teacher, student = pair.split("-")
+        for name, (spec, extra, why) in method_configs(pair, info).items():
+            header = [f"{teacher} -> {student} on CIFAR-100, {name}; the standard recipe (RESULTS.md §2.1) from",
+                      "kdlab's cifar100 defaults (240 epochs, lr 0.05 or 0.01 for MobileNet/ShuffleNet students).",
+                      f"Hyperparameters: {why}."]
+            for key in ("dkd_beta", "reviewkd"):
+                if (pair, key) in ASSUMED and name in ({"dkd_beta": ("dkd", "dkd_ls"), "reviewkd": ("reviewkd",)}[key]):
+                    header.append(f"ASSUMED {key.replace('_', ' ')}: {ASSUMED[(pair, key)][1]}.")
+            header += [f"Published top-1: {published(pair, info, name)}; teacher {published(pair, info, 'teacher')}"
+                       f", student {published(pair, info, 'student')}.",
+                       f"Teacher first: kdlab train --config configs/cifar100/train/{teacher}.yaml --data-root DIR "
+                       f"--out runs/cifar100/teachers/{teacher}",
+                       f"Then: kdlab distill --config configs/cifar100/{pair}/{name}.yaml --data-root DIR --seed 0"]
+            body = {"model": student, "teachers": [f"runs/cifar100/teachers/{teacher}/best.pt"], "method": spec,
+                    **{k: v for k, v in extra.items() if k != "methods"},
+                    "methods": extra.get("methods", {}), "data": {"name": "cifar100"}}
+            dump(OUT / pair / f"{name}.yaml", header, body)
+
+
+if __name__ == "__main__":
+    main()

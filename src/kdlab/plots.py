@@ -1,0 +1,140 @@
+"""PNG plots for `kdlab report --plots DIR` and `kdlab demo` (matplotlib, Agg backend: no display needed).
+
+Per teacher→student column of a report: test top-1 per epoch for each method (mean over seeds, min-max
+band), accuracy against ECE at the last epoch (one point per run), and reliability diagrams of the last
+epoch (the first seed of each method).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .report import Column, Table
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (plots are files; this also works without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def draw_reliability(ax: Any, confidence: list[float], accuracy: list[float], count: list[int], title: str) -> None:
+    """One reliability diagram: accuracy per confidence bin (empty bins drawn at 0) against the diagonal."""
+    bins = len(confidence)
+    centers = [(i + 0.5) / bins for i in range(bins)]
+    ax.bar(centers, [a if c else 0 for a, c in zip(accuracy, count)], width=1 / bins, edgecolor="k",
+           color="tab:orange", label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("confidence")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+
+
+def slug(column: Column) -> str:
+    """File-name stem of a report column, e.g. 'cifar100-f0.25_resnet56-resnet20'."""
+    fraction = "" if column.fraction >= 1 else f"-f{column.fraction:g}"
+    pair = f"{column.teacher}-{column.student}" if column.teacher else column.student
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{column.data}{fraction}_{pair}")
+
+
+def report_plots(table: Table, out_dir: Path) -> list[Path]:
+    """Training curves, accuracy-vs-ECE and reliability diagrams for every column; returns the files."""
+    from .report import TEACHER
+
+    plt = pyplot()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for column in table.columns:
+        rows = [(label, table.cells[(column, label)]) for label in table.rows if (column, label) in table.cells]
+        stem = out_dir / slug(column)
+        title = f"{column.data}: {column.teacher} → {column.student}" if column.teacher else column.student
+        if column.fraction < 1:
+            title += f" ({column.fraction:.0%} data)"
+        written.append(_curves(plt, rows, title, stem.with_name(stem.name + "-curves.png"), TEACHER))
+        written.append(_scatter(plt, rows, title, stem.with_name(stem.name + "-acc-ece.png")))
+        path = _reliability(plt, rows, title, stem.with_name(stem.name + "-reliability.png"))
+        if path is not None:
+            written.append(path)
+    return written
+
+
+def _curves(plt: Any, rows: list, title: str, path: Path, teacher_label: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for index, (label, cell) in enumerate(rows):
+        color = f"C{index % 10}"
+        if label == teacher_label:
+            mean = sum(r.at("last")["test_top1"] for r in cell.runs) / len(cell.runs)
+            ax.axhline(mean, color=color, ls="--", lw=1, label=f"{label} (last epoch)")
+            continue
+        by_epoch: dict[int, list[float]] = {}
+        for run in cell.runs:
+            for record in run.metrics:
+                if isinstance(record.get("test_top1"), (int, float)):
+                    by_epoch.setdefault(int(record["epoch"]), []).append(float(record["test_top1"]))
+        epochs = sorted(by_epoch)
+        ax.plot(epochs, [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs], color=color, marker=".",
+                label=f"{label} [n={len(cell.runs)}]")
+        if len(cell.runs) > 1:
+            ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs],
+                            color=color, alpha=0.15, lw=0)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(f"{title}: test top-1 per epoch (mean, min-max over seeds)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(plt, fig, path)
+
+
+def _scatter(plt: Any, rows: list, title: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for index, (label, cell) in enumerate(rows):
+        points = [(r.at("last").get("test_ece"), r.at("last").get("test_top1")) for r in cell.runs]
+        points = [(x, y) for x, y in points if isinstance(x, (int, float)) and isinstance(y, (int, float))]
+        if points:
+            ax.scatter([p[0] for p in points], [p[1] for p in points], color=f"C{index % 10}", label=label, s=24)
+    ax.set_xlabel("ECE (%) — lower is better")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(f"{title}: accuracy vs calibration, last epoch (one point per run)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(plt, fig, path)
+
+
+def _reliability(plt: Any, rows: list, title: str, path: Path) -> Path | None:
+    from .reliability import load_bins
+
+    panels = []
+    for label, cell in rows:
+        run = cell.runs[0]
+        try:
+            confidence, accuracy, count = load_bins(run.run_dir)
+        except (OSError, KeyError, ValueError):
+            continue  # a run from before reliability.json existed
+        panels.append((label, run, confidence, accuracy, count))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.8 * len(panels), 3.0), squeeze=False)
+    for ax, (label, run, confidence, accuracy, count) in zip(axes[0], panels):
+        ece = run.at("last").get("test_ece")
+        name = f"{label} (seed {run.seed})"
+        draw_reliability(ax, confidence, accuracy, count, f"{name}\nECE {ece:.2f}%" if ece is not None else name)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][0].legend(loc="upper left", fontsize=6)
+    fig.suptitle(f"{title}: reliability, last epoch", fontsize=9)
+    return _save(plt, fig, path)
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,505 @@
+"""`kdlab report`: tables (Markdown or CSV) and plots from run directories.
+
+Runs are found recursively (a run directory holds config.yaml, metrics.jsonl and, once finished,
+summary.json). Runs that differ only by seed form one cell: mean ± sample std over seeds, the gain over
+the baseline student (the same student trained alone on the same data), and the number of runs, e.g.
+"75.01 ± 0.21 (+1.56) [n=3]". Rows are methods (teacher and baseline first); columns are teacher→student
+pairs with parameter counts, as in seed 003's table; a second table pivots on the training-data fraction
+when runs differ by it, as in seed 004's. The roles come from the configs, not from directory names: a
+training run is a teacher when some distillation run points at its checkpoint, otherwise a baseline.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import KdlabError, closest
+
+METRICS = {"top1": "top-1 (%)", "top5": "top-5 (%)", "nll": "NLL", "ece": "ECE (%)"}
+LOWER_IS_BETTER = {"nll", "ece"}
+EPOCHS = {"best": "best epoch (each run's highest test top-1; other metrics at that epoch)",
+          "last": "last epoch"}
+TEACHER, BASELINE = "teacher", "baseline"
+# Settings that do not change what a run computes; ignored when deciding which runs belong together.
+IGNORED = {"seed", "out", "teachers", "threads", "device", "log_every", "data.root", "data.workers",
+           "data.test_batch_size", "model", "method", "data.name", "data.fraction"}
+METHOD_KEYS = ("methods", "ce_weight", "init_epochs", "teacher_model", "teacher_weights", "teacher_mix")
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n-1; 0 for a single value)."""
+    values = list(values)
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: value} if prefix else {}
+
+
+# ------------------------------------------------------------------------------------------------ runs
+@dataclass
+class RunRecord:
+    """One finished run directory, read once."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    teacher_dir: Path | None = None  # resolved directory of the teacher run (distillation runs)
+    teacher: RunRecord | None = None
+
+    @property
+    def data(self) -> str:
+        return str((self.config.get("data") or {}).get("name", "?"))
+
+    @property
+    def fraction(self) -> float:
+        value = (self.config.get("data") or {}).get("fraction")
+        return 1.0 if value is None else float(value)
+
+    @property
+    def model(self) -> str:
+        return str(self.summary.get("arch", {}).get("model") or self.config.get("model"))
+
+    @property
+    def method(self) -> str | None:
+        return self.config.get("method") or None
+
+    @property
+    def params(self) -> int | None:
+        return self.summary.get("params")
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+    def signature(self, method_keys: bool = True) -> tuple:
+        """The settings other than the seed (and where it ran) that define this run's group; method
+        hyperparameters count with their defaults filled in, so `kd` and `kd temperature=4` are one group."""
+        flat = _flatten(effective_config(self.config))
+        items = {k: v for k, v in flat.items() if k not in IGNORED
+                 and (method_keys or k.split(".")[0] not in METHOD_KEYS)}
+        return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in items.items()))
+
+    def at(self, epoch: str) -> dict[str, Any]:
+        """The metrics line of the last epoch, or of the best test top-1 (first one, as the trainer picks)."""
+        if epoch == "last":
+            return self.metrics[-1]
+        return max(self.metrics, key=lambda r: (_number(r.get("test_top1")), -int(r.get("epoch", 0))))
+
+
+def effective_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with each method's defaults (and the default CE weight) written out."""
+    from .methods import get
+
+    spec = config.get("method")
+    if not spec:
+        return config
+    config = dict(config)
+    given = config.get("methods") or {}
+    methods: dict[str, Any] = {}
+    for index, name in enumerate(part.strip() for part in str(spec).split("+")):
+        try:
+            cls = get(name)
+        except KdlabError:  # a method this version does not know: compare what was written
+            methods[name] = given.get(name, {})
+            continue
+        methods[name] = {**cls.defaults, **given.get(name, {})}
+        if index == 0 and config.get("ce_weight") is None:
+            config["ce_weight"] = cls.ce_weight
+    config["methods"] = methods
+    return config
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _read_run(run_dir: Path) -> RunRecord | None:
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    summary = _read_json(run_dir / "summary.json")
+    metrics = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []:
+        try:
+            metrics.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    if not isinstance(config, dict) or not isinstance(summary, dict) or not metrics:
+        return None
+    return RunRecord(run_dir, config, summary, metrics)
+
+
+def _is_run_dir(path: Path) -> bool:
+    return (path / "config.yaml").is_file() and (path / "metrics.jsonl").is_file()
+
+
+@dataclass
+class Collection:
+    runs: list[RunRecord]
+    unfinished: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # one line per kind of run the report leaves out
+
+
+def find_runs(paths: Iterable[str | Path]) -> Collection:
+    """All finished runs under `paths` (run directories or folders holding them, searched recursively)."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise KdlabError(f"'{path}' does not exist; pass run directories or a sweep root")
+        if _is_run_dir(path):
+            found.append(path)
+            continue
+        stack = [path] if path.is_dir() else []
+        while stack:  # a run directory's own subfolders (init/, tb/) are not runs of their own
+            folder = stack.pop()
+            for child in sorted(folder.iterdir(), reverse=True):
+                if child.is_dir():
+                    (found.append(child) if _is_run_dir(child) else stack.append(child))
+    records, unfinished, mutual = [], [], 0
+    seen: set[Path] = set()
+    for run_dir in sorted(found):
+        key = run_dir.resolve()
+        if key in seen:
+            continue
+        seen.add(key)
+        record = _read_run(run_dir)
+        if record is None:
+            unfinished.append(run_dir)
+        elif "cohort" in record.summary.get("arch", {}):
+            mutual += 1
+        else:
+            records.append(record)
+    skipped = [f"{mutual} deep-mutual-learning (cohort) run(s): not tabulated yet"] if mutual else []
+    if not records:
+        where = ", ".join(str(p) for p in paths)
+        extra = f" ({len(unfinished)} unfinished: no summary.json yet)" if unfinished else ""
+        raise KdlabError(f"no finished kdlab runs under {where}{extra}; pass run directories (config.yaml + "
+                         f"metrics.jsonl + summary.json) or a sweep root")
+    _link_teachers(records)
+    return Collection(records, unfinished, skipped)
+
+
+def _link_teachers(records: list[RunRecord]) -> None:
+    """Point each distillation run at its teacher's run (by path; by trailing path parts if moved)."""
+    by_dir = {r.run_dir.resolve(): r for r in records}
+    loaded: dict[Path, RunRecord | None] = {}
+    for record in records:
+        teachers = record.config.get("teachers") or []
+        if not teachers:
+            continue
+        teacher_dir = Path(str(teachers[0])).parent
+        record.teacher_dir = teacher_dir
+        resolved = teacher_dir.resolve()
+        if resolved in by_dir:
+            record.teacher = by_dir[resolved]
+            continue
+        if teacher_dir.is_dir():
+            if resolved not in loaded:
+                loaded[resolved] = _read_run(teacher_dir)
+            record.teacher = loaded[resolved]
+            continue
+        parts = teacher_dir.parts
+        for depth in range(min(len(parts), 4), 1, -1):  # the sweep root was moved or renamed
+            tail = parts[-depth:]
+            matches = [r for d, r in by_dir.items() if d.parts[-depth:] == tail]
+            if len(matches) == 1:
+                record.teacher = matches[0]
+                break
+
+
+# ------------------------------------------------------------------------------------------------ cells
+@dataclass(frozen=True)
+class Column:
+    data: str
+    fraction: float
+    teacher: str | None  # teacher model name (None: baseline-only column)
+    student: str
+
+
+@dataclass
+class Cell:
+    runs: list[RunRecord]
+    baseline: Cell | None = None
+    baseline_differs: bool = False  # the only baseline there is was trained with other settings
+
+    def values(self, metric: str, epoch: str) -> list[float]:
+        return [_number(r.at(epoch).get(f"test_{metric}")) for r in self.runs]
+
+    def stats(self, metric: str, epoch: str) -> tuple[float, float, int]:
+        values = self.values(metric, epoch)
+        mean, std = mean_std(values)
+        return mean, std, len(values)
+
+    def gain(self, metric: str, epoch: str) -> float | None:
+        if self.baseline is None:
+            return None
+        return self.stats(metric, epoch)[0] - self.baseline.stats(metric, epoch)[0]
+
+
+@dataclass
+class Table:
+    """Cells by (column, row label); rows ordered teacher, baseline(s), then methods."""
+
+    columns: list[Column]
+    rows: list[str]
+    cells: dict[tuple[Column, str], Cell]
+    params: dict[str, int | None]
+
+
+def _variant_labels(groups: dict[tuple, list[RunRecord]], name: str) -> dict[tuple, str]:
+    """'dkd' when a method has one setting in a column; 'dkd (methods.dkd.beta=2.0)' when several."""
+    if len(groups) == 1:
+        return {key: name for key in groups}
+    flats = {key: dict(key) for key in groups}
+    keys = sorted({k for flat in flats.values() for k in flat})
+    differing = [k for k in keys if len({flats[g].get(k) for g in groups}) > 1]
+    settings = {g: ", ".join(f"{_cli_key(k)}={_shown(flats[g].get(k))}" for k in differing) for g in groups}
+    return {g: f"{name} ({settings[g]})" for g in groups}
+
+
+def _cli_key(key: str) -> str:
+    return "method." + key[len("methods."):] if key.startswith("methods.") else key
+
+
+def _shown(value: str | None) -> str:
+    return "-" if value is None else str(json.loads(value))
+
+
+def build_table(runs: list[RunRecord]) -> Table:
+    """Group finished runs into cells: columns by (data, fraction, teacher, student), rows by method."""
+    teacher_dirs = {r.teacher.run_dir.resolve() for r in runs if r.teacher is not None}
+    distill = [r for r in runs if r.config.get("teachers") or r.method]
+    distill_ids = {id(r) for r in distill}
+    baselines = [r for r in runs if id(r) not in distill_ids and r.run_dir.resolve() not in teacher_dirs]
+    params: dict[str, int | None] = {}
+    for r in runs + [r.teacher for r in distill if r.teacher is not None]:
+        params.setdefault(r.model, r.params)
+
+    cells: dict[tuple[Column, str], Cell] = {}
+    base_groups: dict[tuple[str, float, str], dict[tuple, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
+    for r in baselines:
+        base_groups[(r.data, r.fraction, r.model)][r.signature(method_keys=False)].append(r)
+    dist_groups: dict[Column, dict[str, dict[tuple, list[RunRecord]]]] = defaultdict(lambda: defaultdict(dict))
+    for r in distill:
+        teacher = r.teacher.model if r.teacher is not None else _teacher_name(r)
+        column = Column(r.data, r.fraction, teacher, r.model)
+        dist_groups[column][r.method or "?"].setdefault(r.signature(), []).append(r)
+
+    columns = sorted(dist_groups, key=lambda c: (c.data, -c.fraction, c.teacher or "", c.student))
+    students_with_pairs = {(c.data, c.fraction, c.student) for c in columns}
+    columns += sorted((Column(d, f, None, s) for (d, f, s) in base_groups if (d, f, s) not in students_with_pairs),
+                      key=lambda c: (c.data, -c.fraction, c.student))
+    rows: dict[str, int] = {}  # label -> sort rank
+    for column in columns:
+        base_variants = base_groups.get((column.data, column.fraction, column.student), {})
+        base_labels = _variant_labels(base_variants, BASELINE)
+        base_cells = {}
+        for key, group in base_variants.items():
+            base_cells[key] = cells[(column, base_labels[key])] = Cell(group)
+            rows.setdefault(base_labels[key], 1)
+        teachers: dict[Path, RunRecord] = {}
+        for method, variants in dist_groups.get(column, {}).items():
+            labels = _variant_labels(variants, method)
+            for key, group in variants.items():
+                own = tuple(item for item in key if item[0].split(".")[0] not in METHOD_KEYS)
+                baseline = base_cells.get(own)
+                if baseline is None and len(base_cells) == 1:
+                    cells[(column, labels[key])] = Cell(group, next(iter(base_cells.values())), True)
+                else:
+                    cells[(column, labels[key])] = Cell(group, baseline)
+                rows.setdefault(labels[key], 2)
+                teachers.update({r.teacher.run_dir.resolve(): r.teacher for r in group if r.teacher is not None})
+        if teachers:
+            cells[(column, TEACHER)] = Cell(list(teachers.values()))
+            rows.setdefault(TEACHER, 0)
+    ordered = sorted(rows, key=lambda label: (rows[label], label))
+    return Table(columns, ordered, cells, params)
+
+
+def _teacher_name(record: RunRecord) -> str | None:
+    """A teacher whose run directory is gone: its model name if recorded, else its folder's name; None for
+    teacher-free methods (Tf-KD's virtual teacher), which share the student's baseline column."""
+    if record.config.get("teacher_model"):
+        return str(record.config["teacher_model"])
+    return record.teacher_dir.name if record.teacher_dir else None
+
+
+# ------------------------------------------------------------------------------------------------ format
+def _fmt(value: float, metric: str) -> str:
+    if math.isnan(value):
+        return "nan"
+    return f"{value:.3f}" if metric == "nll" else f"{value:.2f}"
+
+
+def format_cell(cell: Cell | None, metric: str, epoch: str) -> str:
+    """'75.01 ± 0.21 (+1.56) [n=3]'; no ± for a single run, no gain for teachers and baselines."""
+    if cell is None:
+        return "–"
+    mean, std, n = cell.stats(metric, epoch)
+    text = _fmt(mean, metric) + (f" ± {_fmt(std, metric)}" if n > 1 else "")
+    gain = cell.gain(metric, epoch)
+    if gain is not None:
+        text += f" ({'+' if gain >= 0 else '-'}{_fmt(abs(gain), metric)}{'*' if cell.baseline_differs else ''})"
+    return f"{text} [n={n}]"
+
+
+def _params(value: int | None) -> str:
+    return "?" if value is None else f"{value / 1e6:.2f}M"
+
+
+def _data_label(data: str, fraction: float) -> str:
+    return f"{data}, {'full training set' if fraction >= 1 else f'{fraction:.0%} of the training set'}"
+
+
+def _legend(metric: str) -> str:
+    worse = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
+    return (f"mean ± sample std over seeds (difference from the baseline student; {worse}) "
+            f"[n = runs in the cell]")
+
+
+def markdown_tables(table: Table, metrics: list[str], epochs: list[str]) -> str:
+    """Seed 003's layout per (data, fraction), plus seed 004's fraction table per pair when fractions vary."""
+    blocks = []
+    by_data: dict[tuple[str, float], list[Column]] = defaultdict(list)
+    for column in table.columns:
+        by_data[(column.data, column.fraction)].append(column)
+    for metric in metrics:
+        for epoch in epochs:
+            for (data, fraction), columns in by_data.items():
+                heads = [f"{c.teacher} [{_params(table.params.get(c.teacher))}] → {c.student} "
+                         f"[{_params(table.params.get(c.student))}]" if c.teacher else
+                         f"{c.student} [{_params(table.params.get(c.student))}]" for c in columns]
+                blocks.append(_markdown_block(
+                    f"### {METRICS[metric]} — {EPOCHS[epoch]} — {_data_label(data, fraction)}", _legend(metric),
+                    "teacher → student", heads, table, columns, metric, epoch))
+            for (data, teacher, student), columns in _fraction_groups(table).items():
+                heads = [f"{c.fraction:.0%} data" for c in columns]
+                pair = f"{teacher} → {student}" if teacher else student
+                blocks.append(_markdown_block(
+                    f"### {METRICS[metric]} by training-data fraction — {EPOCHS[epoch]} — {data}, {pair}",
+                    _legend(metric), "method", heads, table, columns, metric, epoch))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _fraction_groups(table: Table) -> dict[tuple[str, str | None, str], list[Column]]:
+    groups: dict[tuple[str, str | None, str], list[Column]] = defaultdict(list)
+    for column in table.columns:
+        groups[(column.data, column.teacher, column.student)].append(column)
+    return {key: sorted(cols, key=lambda c: -c.fraction) for key, cols in groups.items() if len(cols) > 1}
+
+
+def _markdown_block(title: str, legend: str, corner: str, heads: list[str], table: Table, columns: list[Column],
+                    metric: str, epoch: str) -> str:
+    rows = [label for label in table.rows if any((c, label) in table.cells for c in columns)]
+    lines = [title, "", legend, "", f"| {corner} | " + " | ".join(heads) + " |",
+             "| :--- | " + " | ".join(":---:" for _ in heads) + " |"]
+    for label in rows:
+        cells = [format_cell(table.cells.get((c, label)), metric, epoch) for c in columns]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+CSV_FIELDS = ("data", "fraction", "teacher", "teacher_params", "student", "student_params", "method", "epoch",
+              "metric", "mean", "std", "n", "gain", "runs")
+
+
+def csv_rows(table: Table, metrics: list[str], epochs: list[str]) -> list[dict[str, Any]]:
+    """One row per cell, metric and epoch choice (tidy format)."""
+    rows = []
+    for column in table.columns:
+        for label in table.rows:
+            cell = table.cells.get((column, label))
+            if cell is None:
+                continue
+            for metric in metrics:
+                for epoch in epochs:
+                    mean, std, n = cell.stats(metric, epoch)
+                    gain = cell.gain(metric, epoch)
+                    rows.append({"data": column.data, "fraction": column.fraction, "teacher": column.teacher or "",
+                                 "teacher_params": table.params.get(column.teacher) if column.teacher else "",
+                                 "student": column.student, "student_params": table.params.get(column.student),
+                                 "method": label, "epoch": epoch, "metric": metric, "mean": mean, "std": std, "n": n,
+                                 "gain": "" if gain is None else gain,
+                                 "runs": ";".join(str(r.run_dir) for r in cell.runs)})
+    return rows
+
+
+def format_csv(table: Table, metrics: list[str], epochs: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows(table, metrics, epochs))
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------ entry
+def parse_metrics(text: str) -> list[str]:
+    names = [m.strip().lower().replace("-", "") for m in text.split(",") if m.strip()]
+    for name in names:
+        if name not in METRICS:
+            raise KdlabError(f"unknown metric '{name}'{closest(name, METRICS)} in --metrics; choose from "
+                             f"{', '.join(METRICS)}, e.g. --metrics top1,ece")
+    if not names:
+        raise KdlabError("--metrics is empty; pass e.g. --metrics top1,ece")
+    return names
+
+
+def make_report(paths: list[str], fmt: str = "md", epoch: str = "both", metrics: str = "top1,ece",
+                out: str | None = None, plots: str | None = None) -> str:
+    """The report text (also written to `out`), and PNG plots in `plots` when given."""
+    if fmt not in ("md", "csv"):
+        raise KdlabError(f"unknown report format '{fmt}'; use --format md or --format csv")
+    if epoch not in ("best", "last", "both"):
+        raise KdlabError(f"unknown --epoch '{epoch}'; use best, last or both")
+    metric_names = parse_metrics(metrics)
+    epochs = ["best", "last"] if epoch == "both" else [epoch]
+    collection = find_runs(paths)
+    table = build_table(collection.runs)
+    if fmt == "csv":
+        text = format_csv(table, metric_names, epochs)
+    else:
+        notes = [f"{len(collection.runs)} finished runs"]
+        if collection.unfinished:
+            notes.append(f"{len(collection.unfinished)} unfinished run(s) left out (no summary.json yet)")
+        notes += collection.skipped
+        repeated = sum(len({r.seed for r in cell.runs}) < len(cell.runs) for cell in table.cells.values())
+        if repeated:
+            notes.append(f"{repeated} cell(s) hold several runs of one seed (copies of a run?); n counts them all")
+        if any(cell.baseline_differs for cell in table.cells.values()):
+            notes.append("* gain against the only baseline there is, trained with other settings (epochs, "
+                         "precision, ...)")
+        text = markdown_tables(table, metric_names, epochs) + "\n" + "; ".join(notes) + ".\n"
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+    if plots:
+        from .plots import report_plots
+
+        report_plots(table, Path(plots))
+    return text
