@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ce-weight", type=float, help="cross-entropy weight (default: the method's)")
     p.add_argument("--init-epochs", type=int, help="epochs of a method's initialisation stage")
     p.add_argument("--teacher-mix", type=_float_list, help="weights of several teachers, e.g. 0.7,0.3 (default equal)")
+    p.add_argument("--cache-teacher", action="store_true", default=None,
+                   help="reuse teacher outputs across epochs and runs (needs data.augment=false or "
+                        "data.fixed_augmentation=true; cache_dir=DIR)")
     _resolution_args(p)
 
     p = sub.add_parser("mutual", help="deep mutual learning: a cohort of students trained together")
@@ -123,6 +126,7 @@ FLAG_KEYS = {  # argparse dest -> config key
     "deterministic": "deterministic", "device": "device", "threads": "threads", "teacher": "teachers",
     "teacher_model": "teacher_model", "teacher_weights": "teacher_weights", "method": "method",
     "ce_weight": "ce_weight", "init_epochs": "init_epochs", "teacher_mix": "teacher_mix",
+    "cache_teacher": "cache_teacher",
     "student_resolution": "data.student_resolution", "downscale": "data.downscale",
 }
 

@@ -26,6 +26,7 @@ class DataConfig:
     fraction: float | None = None
     coarse: bool = False
     augment: bool = True
+    fixed_augmentation: bool = False  # the same crop/flip per sample in every epoch (for cache_teacher)
     batch_size: int = 64  # per process: under torchrun the global batch is batch_size x WORLD_SIZE
     test_batch_size: int = 256
     workers: int = 2
@@ -79,6 +80,10 @@ class Config:
     ce_weight: float | None = None  # None: the method's default
     init_epochs: int | None = None  # init stages of two-stage methods (FitNet, FT, AB, FSP)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # method.<name>.<hp> = value
+    # teacher-output caching (kdlab.teacher_cache): deterministic inputs only
+    cache_teacher: bool = False
+    cache_dir: str | None = None  # None: $XDG_CACHE_HOME/kdlab/teacher-outputs (~/.cache/kdlab/...)
+    cache_max_gb: float = 4.0  # refuse caches larger than this (memory and disk)
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -251,6 +256,7 @@ def validate(config: Config) -> None:
          "data.fraction must be in (0, 1], e.g. 0.5, 0.25 or 0.1"),
         (config.ce_weight is None or config.ce_weight >= 0, "ce_weight must be >= 0"),
         (config.init_epochs is None or config.init_epochs >= 0, "init_epochs must be >= 0"),
+        (config.cache_max_gb > 0, f"cache_max_gb must be positive, got {config.cache_max_gb}; e.g. cache_max_gb=4"),
         (config.data.student_resolution is None or config.data.student_resolution >= 1,
          f"data.student_resolution must be at least 1 pixel, got {config.data.student_resolution}; "
          "pass e.g. --student-resolution 16"),

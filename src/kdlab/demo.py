@@ -20,7 +20,7 @@ from .run import run_distill, run_train
 
 TEACHER = "resnet20"
 STUDENT = "resnet8"
-METHODS = ("kd", "dkd", "dist", "lskd", "srd", "at")
+METHODS = ("kd", "dkd", "dist", "lskd", "srd")
 SEEDS = (0, 1, 2)
 TEACHER_EPOCHS = 30
 EPOCHS = 40

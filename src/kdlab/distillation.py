@@ -89,6 +89,8 @@ class DistillationLoss(nn.Module):
         self.student_input = student_input
         self.phase = "main"  # or "init": the initialisation stage of two-stage methods
         self.teacher_logits_needed = any(m.needs_teacher_logits() for m in self.methods) and needs_teacher
+        # Per-sample teacher outputs for deterministic inputs (kdlab.teacher_cache; run_distill --cache-teacher).
+        self.teacher_cache: Any = None
 
         taps = taps or {}
         s_points = _points(student, taps.get("student"))
@@ -211,13 +213,22 @@ class DistillationLoss(nn.Module):
             self.teacher_methods.load_state_dict(state["teacher_methods"])
 
     # ------------------------------------------------------------------------------------------- step
-    def teacher_outputs(self, images: torch.Tensor, index: int = 0) -> tuple[torch.Tensor | None,
-                                                                             dict[str, torch.Tensor]]:
-        """Teacher `index`'s logits (if any method reads them) and taps, as constants outside autograd."""
+    def teacher_outputs(self, images: torch.Tensor, index: int = 0, indices: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Teacher `index`'s logits (if any method reads them) and taps, as constants outside autograd.
+
+        With a `teacher_cache` and the batch's dataset `indices`, cached samples skip the teacher entirely;
+        a teacher in train mode (batch statistics: outputs depend on the batch) never uses the cache.
+        """
         if self.teacher is None:
             return None, {}
         teacher = self.teacher if index == 0 else self.extra_teachers[index - 1]
         recorder = self._teacher_taps if index == 0 else self._extra_teacher_taps[index - 1]
+        cache = self.teacher_cache if indices is not None and not teacher.training else None
+        if cache is not None:
+            hit = cache.lookup(index, indices)
+            if hit is not None:
+                return hit
         # In train mode (OD's authors' setting) BN normalises with batch statistics; its running statistics
         # are restored afterwards so that the teacher itself never changes.
         saved = _bn_buffers(teacher) if teacher.training else None
@@ -229,11 +240,14 @@ class DistillationLoss(nn.Module):
                     buffer.copy_(value)
         # Inference tensors cannot be saved for backward; a clone makes them ordinary constants.
         logits = logits.clone() if logits is not None and self.teacher_logits_needed else None
-        return logits, {k: v.clone() for k, v in feats.items()}
+        feats = {k: v.clone() for k, v in feats.items()}
+        if cache is not None:
+            cache.store(index, indices, logits, feats)
+        return logits, feats
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None = None,
                 epoch: int = 1) -> StepOutput:
-        teacher_logits, teacher_feats = self.teacher_outputs(images)
+        teacher_logits, teacher_feats = self.teacher_outputs(images, indices=indices)
         if self._student_trains_in_phase():
             student_images = self.student_input(images) if self.student_input is not None else images
             logits = self._student_taps.run(student_images)
@@ -244,7 +258,7 @@ class DistillationLoss(nn.Module):
                              indices=indices, epoch=epoch, student=student_feats, teacher=teacher_feats)
         batches = [batch]
         for index in range(1, 1 + len(self.extra_teachers)):
-            extra_logits, extra_feats = self.teacher_outputs(images, index)
+            extra_logits, extra_feats = self.teacher_outputs(images, index, indices)
             batches.append(replace(batch, teacher_logits=extra_logits, teacher=extra_feats))
         if self.phase == "init":
             terms = {name: value for m in self.init_methods()

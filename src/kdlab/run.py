@@ -63,11 +63,17 @@ def prepare_run_dir(out: str | None, default_name: str, resume: bool) -> Path:
 def build_data(config: Config, device: torch.device, distributed: Context | None = None):
     """Train/test loaders (this rank's shards under torchrun; data.batch_size is per process) and DataInfo."""
     d = config.data
-    return datasets.build_loaders(
+    train_loader, test_loader, info = datasets.build_loaders(
         d.name, root=d.root, batch_size=d.batch_size, test_batch_size=d.test_batch_size, fraction=d.fraction,
         seed=config.seed, augment=d.augment, workers=d.workers,
         num_replicas=distributed.world_size if distributed else 1, rank=distributed.rank if distributed else 0,
         device=str(device), channels_last=config.channels_last, coarse=d.coarse, image_size=d.image_size)
+    if d.fixed_augmentation:  # one crop/flip per sample for all epochs (deterministic teacher inputs)
+        if not hasattr(train_loader, "fixed_augmentation"):
+            raise KdlabError(f"data.fixed_augmentation works with in-memory datasets (CIFAR, MNIST, digits), not "
+                             f"{d.name}; drop it (or set data.augment=false)")
+        train_loader.fixed_augmentation = True
+    return train_loader, test_loader, info
 
 
 def arch_of(model_name: str, info, view: InputView | None = None) -> dict[str, Any]:
@@ -263,6 +269,7 @@ def run_distill(config: Config, resume: bool = False, quiet: bool = False) -> di
     """Distill the teacher(s) of `config` into `config.model` with `config.method`."""
     from .distillation import DistillationLoss, mix_weights
     from .methods import parse
+    from .teacher_cache import attach_teacher_cache
 
     if not config.method:
         raise KdlabError("no method given; pass --method NAME (see 'kdlab list methods')")
@@ -288,6 +295,9 @@ def run_distill(config: Config, resume: bool = False, quiet: bool = False) -> di
         train_indices=getattr(getattr(train_loader, "dataset", None), "indices", None),
         epochs=config.optim.epochs, num_classes=info.num_classes, student_input=view,
         teacher_mix=config.teacher_mix).to(device)
+    # --cache-teacher: refuse non-deterministic inputs; load the disk cache or size the new one before training.
+    attach_teacher_cache(config, objective, train_loader, (info.in_channels, info.image_size, info.image_size),
+                         device, dist, quiet)
     arch = arch_of(config.model, info, view)
     run_init_stage(config, objective, train_loader, test_loader, run_dir, arch, device, resume, quiet, dist)
     trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch, device, eval_transform=view,

@@ -152,6 +152,7 @@ class TensorLoader:
         device: str | torch.device = "cpu",
         channels_last: bool = False,
         pad_shards: bool = True,
+        fixed_augmentation: bool = False,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise KdlabError(f"batch size must be a positive integer, got {batch_size!r}")
@@ -168,6 +169,10 @@ class TensorLoader:
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.pad_shards = pad_shards
+        # Fixed: each sample's crop/flip is a function of (seed, full-split index) only, the same in every
+        # epoch, batch and rank (deterministic teacher inputs for teacher caching); the order still changes.
+        self.fixed_augmentation = fixed_augmentation
+        self._fixed_draws: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self.epoch = 0
         self._mean = torch.tensor(dataset.mean, dtype=torch.float32, device=self.device)
         self._std = torch.tensor(dataset.std, dtype=torch.float32, device=self.device)
@@ -197,6 +202,8 @@ class TensorLoader:
         do_crop = self.augment and self.dataset.crop_padding > 0
         do_flip = self.augment and self.dataset.flip
         pin = self.device.type == "cuda"
+        fixed = self.fixed_augmentation and (do_crop or do_flip)
+        offsets, flips = self.fixed_draws() if fixed else (None, None)
         for b in range(len(self)):
             pos = positions[b * self.batch_size:(b + 1) * self.batch_size]
             images = self.dataset.images.index_select(0, pos)
@@ -206,14 +213,53 @@ class TensorLoader:
                 images, targets, indices = images.pin_memory(), targets.pin_memory(), indices.pin_memory()
             # Move uint8 first (4x smaller than float32), then augment on the device.
             images = images.to(self.device, non_blocking=pin)
-            if do_crop:
-                images = random_crop(images, self.dataset.crop_padding, aug_generator)
-            if do_flip:
-                images = random_flip(images, aug_generator)
+            if fixed:
+                if do_crop:
+                    images = crop_at(images, self.dataset.crop_padding, offsets.index_select(0, pos))
+                if do_flip:
+                    flip = flips.index_select(0, pos).to(self.device).view(-1, 1, 1, 1)
+                    images = torch.where(flip, images.flip(-1), images)
+            else:
+                if do_crop:
+                    images = random_crop(images, self.dataset.crop_padding, aug_generator)
+                if do_flip:
+                    images = random_flip(images, aug_generator)
             out = normalize(images, self._mean, self._std)
             if self.channels_last:
                 out = out.contiguous(memory_format=torch.channels_last)
             yield out, targets.to(self.device, non_blocking=pin), indices.to(self.device, non_blocking=pin)
+
+    def fixed_draws(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-position crop offsets (N, 2) and flips (N,) of fixed augmentation, drawn once per seed.
+
+        Drawn for every sample of the full split from (seed, stream 3) and then indexed by the samples'
+        full-split indices, so a sample's view does not depend on the fraction taken, the batch or the rank.
+        """
+        if self._fixed_draws is None or self._fixed_draws[0] != self.seed:
+            generator = epoch_generator(self.seed, 0, 3)
+            full = max(int(self.dataset.full_size), int(self.dataset.indices.max()) + 1 if len(self.dataset) else 0)
+            span = 2 * max(self.dataset.crop_padding, 0) + 1
+            offsets = torch.randint(0, span, (full, 2), generator=generator)
+            flips = torch.rand(full, generator=generator) < 0.5
+            index = self.dataset.indices
+            self._fixed_draws = (self.seed, offsets.index_select(0, index), flips.index_select(0, index))
+        return self._fixed_draws[1], self._fixed_draws[2]
+
+
+def crop_at(images: torch.Tensor, padding: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Zero-pad by ``padding`` and crop back to the original size at the given per-sample (row, col) offsets.
+
+    The deterministic counterpart of :func:`random_crop` (same padding and gather arithmetic).
+    """
+    if padding == 0 or images.shape[0] == 0:
+        return images
+    n, c, h, w = images.shape
+    offsets = offsets.to(images.device)
+    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
+    rows = offsets[:, 0:1] + torch.arange(h, device=images.device)
+    cols = offsets[:, 1:2] + torch.arange(w, device=images.device)
+    picked = padded.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w + 2 * padding))
+    return picked.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
 
 
 def as_uint8_images(array: np.ndarray, shape: Sequence[int]) -> torch.Tensor:
