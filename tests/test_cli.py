@@ -125,3 +125,14 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
         assert torch.equal(value, resumed["model"][key]), key
     lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_checkpoints_of_wrapped_models_have_plain_keys():
+    from torch import nn
+
+    from kdlab.engine.trainer import unwrap
+    from kdlab.models import create
+
+    model = create("resnet8", 10, in_channels=1, image_size=8)
+    compiled = torch.compile(model)  # wrapping only; nothing is compiled until it runs
+    assert unwrap(compiled) is model and unwrap(nn.DataParallel(model)) is model and unwrap(model) is model

@@ -31,6 +31,18 @@ from .precision import autocast, grad_scaler
 from .schedule import lr_factor
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers, so checkpoints hold
+    the keys a freshly created model expects."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 class Trainer:
     """Trains `objective` (an nn.Module returning StepOutput) with SGD and the configured schedule."""
 
@@ -71,12 +83,12 @@ class Trainer:
     def state_dict(self, epoch: int) -> dict[str, Any]:
         models = self.objective.eval_models()
         primary = next(iter(models.values()))
-        primary = getattr(primary, "module", primary)
+        primary = unwrap(primary)
         return {
             "kdlab_version": __version__,
             "arch": self.arch,
             "model": primary.state_dict(),
-            "models": {name: getattr(m, "module", m).state_dict() for name, m in models.items()} if len(models) > 1
+            "models": {name: unwrap(m).state_dict() for name, m in models.items()} if len(models) > 1
             else None,
             "extra": self.objective.extra_state(),
             "optimizer": self.optimizer.state_dict(),
@@ -93,10 +105,10 @@ class Trainer:
         models = self.objective.eval_models()
         if state.get("models"):
             for name, model in models.items():
-                getattr(model, "module", model).load_state_dict(state["models"][name])
+                unwrap(model).load_state_dict(state["models"][name])
         else:
             primary = next(iter(models.values()))
-            getattr(primary, "module", primary).load_state_dict(state["model"])
+            unwrap(primary).load_state_dict(state["model"])
         self.objective.load_extra_state(state.get("extra") or {})
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
