@@ -16,7 +16,6 @@ from torch import nn
 
 from kdlab.errors import KdlabError, unknown_name
 
-from . import torchvision_models
 from .hooks import FlatAdaptiveAvgPool2d, HookPoint
 from .mobilenetv2 import MobileNetV2
 from .resnet_cifar import resnet18_cifar, resnet_cifar, resnet_cifar_x4
@@ -110,12 +109,20 @@ def _zoo() -> dict[str, _Spec]:
 
 ZOO = _zoo()
 ALIASES = {"mobile_half": "mobilenetv2", "shufflev1": "shufflenetv1", "shufflev2": "shufflenetv2"}
+TV_PREFIX = "tv:"
+
+
+def _torchvision():
+    """torchvision's model zoo, imported on first use: it costs seconds at start-up and zoo runs never need it."""
+    from . import torchvision_models
+
+    return torchvision_models
 _WRN_NAME = re.compile(r"wrn_(\d+)_(\d+)")
 
 
 def _normalise(name: str) -> str:
     name = str(name).strip()
-    if name.startswith(torchvision_models.PREFIX):
+    if name.startswith(TV_PREFIX):
         return name
     name = name.lower().replace("-", "_")
     return ALIASES.get(name, name)
@@ -140,16 +147,16 @@ def list_models(include_torchvision: bool = True) -> list[str]:
     """All model names: the zoo (common WRN sizes listed; any ``wrn_D_K`` works) then ``tv:<name>``."""
     names = list(ZOO)
     if include_torchvision:
-        names += [torchvision_models.PREFIX + n for n in torchvision_models.torchvision_names()]
+        names += [TV_PREFIX + n for n in _torchvision().torchvision_names()]
     return names
 
 
 def model_info(name: str) -> dict[str, str]:
     """``{'name', 'family', 'source', 'description'}`` for a model name (raises KdlabError if unknown)."""
     name = _normalise(name)
-    if name.startswith(torchvision_models.PREFIX):
-        arch = name[len(torchvision_models.PREFIX) :]
-        if arch not in torchvision_models.torchvision_names():
+    if name.startswith(TV_PREFIX):
+        arch = name[len(TV_PREFIX) :]
+        if arch not in _torchvision().torchvision_names():
             raise unknown_name("model", name, list_models())
         return {
             "name": name,
@@ -185,8 +192,8 @@ def create(
     _positive_int(image_size, "image_size")
     name = _normalise(name)
     input_conv = None
-    if name.startswith(torchvision_models.PREFIX):
-        model, input_conv = torchvision_models.build(name, num_classes, in_channels, image_size)
+    if name.startswith(TV_PREFIX):
+        model, input_conv = _torchvision().build(name, num_classes, in_channels, image_size)
     else:
         model = _zoo_spec(name).builder(num_classes, in_channels, image_size)
     if weights is not None:
@@ -215,7 +222,7 @@ def tap_points(model: nn.Module) -> dict[str, str]:
     inner, prefix = _unwrap(model)
     taps = getattr(inner, "tap_points", None)
     if not isinstance(taps, dict):
-        taps = torchvision_models.torchvision_tap_points(inner)
+        taps = _torchvision().torchvision_tap_points(inner)
     if taps is None:
         raise KdlabError(
             f"model {type(inner).__name__} declares no tap points; give taps as module paths "
