@@ -68,10 +68,10 @@ def build_data(config: Config, device: torch.device, distributed: Context | None
         seed=config.seed, augment=d.augment, workers=d.workers,
         num_replicas=distributed.world_size if distributed else 1, rank=distributed.rank if distributed else 0,
         device=str(device), channels_last=config.channels_last, coarse=d.coarse, image_size=d.image_size)
-    if d.fixed_augmentation:  # one crop/flip per sample for all epochs (deterministic teacher inputs)
+    if d.fixed_augmentation and d.augment:  # one crop/flip per sample for all epochs (deterministic teacher inputs)
         if not hasattr(train_loader, "fixed_augmentation"):
             raise KdlabError(f"data.fixed_augmentation works with in-memory datasets (CIFAR, MNIST, digits), not "
-                             f"{d.name}; drop it (or set data.augment=false)")
+                             f"{d.name}; drop it or set data.augment=false")
         train_loader.fixed_augmentation = True
     return train_loader, test_loader, info
 
