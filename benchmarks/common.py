@@ -34,6 +34,7 @@ from kdlab.engine.trainer import Trainer
 
 CPU = torch.device("cpu")
 CLOCK = "wall"  # which clock the reported rates use; set from --clock by setup_runtime
+LR = 0.05  # SGD learning rate of every step (the CIFAR recipe); set from --lr by setup_runtime
 
 Seconds = tuple[float, float]  # (wall-clock, process CPU) seconds of one timed run
 
@@ -64,6 +65,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall: images per second; cpu: images per CPU-second of this process, which "
                              "ignores time spent descheduled on a busy machine (meaningful with --threads 1)")
+    parser.add_argument("--lr", type=float, default=0.05,
+                        help="SGD learning rate (the CIFAR recipe's 0.05); 0 runs the identical computation "
+                             "without moving the weights, for methods that diverge on random data")
     parser.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
 
 
@@ -88,8 +92,8 @@ def split_names(text: str, known: Sequence[str], what: str) -> list[str]:
 
 
 def setup_runtime(args: argparse.Namespace) -> None:
-    global CLOCK
-    CLOCK = args.clock
+    global CLOCK, LR
+    CLOCK, LR = args.clock, args.lr
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.no_mkldnn:
@@ -215,7 +219,7 @@ def bench_config(precision: str, channels_last: bool) -> Config:
     """The CIFAR recipe's optimiser settings; logging as rarely as the trainer allows (it syncs on step 1)."""
     config = Config(precision=precision, channels_last=channels_last, device="cpu", log_every=10**9)
     config.optim.epochs = 10**6  # the LR schedule never matters for speed; keep it off its milestones
-    config.optim.lr, config.optim.momentum, config.optim.weight_decay = 0.05, 0.9, 5e-4
+    config.optim.lr, config.optim.momentum, config.optim.weight_decay = LR, 0.9, 5e-4
     return config
 
 
