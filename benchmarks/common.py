@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 import kdlab
+from kdlab import models
 from kdlab.config import Config
 from kdlab.data import InMemoryDataset, TensorLoader
 from kdlab.data import load as load_dataset
@@ -89,6 +90,28 @@ def split_names(text: str, known: Sequence[str], what: str) -> list[str]:
         if name not in known:
             raise SystemExit(f"unknown {what} '{name}'; choose from: {', '.join(known)}")
     return names
+
+
+def parse_pairs(text: str, known: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    """'resnet56:resnet20,wrn_16_2' -> pairs; a bare name picks the known pairs with that student or teacher."""
+    if text.strip() == "all":
+        return list(known)
+    pairs: list[tuple[str, str]] = []
+    zoo = models.list_models(include_torchvision=False)
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        if ":" in item:
+            teacher, student = (s.strip() for s in item.split(":", 1))
+            for name in (teacher, student):
+                if name not in zoo:
+                    raise SystemExit(f"unknown model '{name}' in '{item}'; see 'kdlab list models'")
+            found = [(teacher, student)]
+        else:
+            found = [p for p in known if item in p]
+            if not found:
+                raise SystemExit(f"'{item}' is in no default pair ({', '.join(f'{t}:{s}' for t, s in known)}); "
+                                 f"name a pair as TEACHER:STUDENT")
+        pairs += [p for p in found if p not in pairs]
+    return pairs
 
 
 def setup_runtime(args: argparse.Namespace) -> None:

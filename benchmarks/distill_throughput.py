@@ -38,6 +38,7 @@ from common import (
     log,
     markdown_table,
     paired_ratio,
+    parse_pairs,
     premade_batches,
     prepare,
     rate_unit,
@@ -65,28 +66,6 @@ FULL = {"repeats": 5, "iters": 10, "warmup": 2, "batch_size": 64, "image_size": 
         "methods": "kd"}
 QUICK = {"repeats": 1, "iters": 1, "warmup": 1, "batch_size": 16, "image_size": 16, "train_size": 256,
          "methods": "all"}
-
-
-def parse_pairs(text: str, known: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
-    """'resnet56:resnet20,wrn_16_2' -> pairs; a bare name picks the known pairs with that student or teacher."""
-    if text.strip() == "all":
-        return list(known)
-    pairs: list[tuple[str, str]] = []
-    zoo = models.list_models(include_torchvision=False)
-    for item in (part.strip() for part in text.split(",") if part.strip()):
-        if ":" in item:
-            teacher, student = (s.strip() for s in item.split(":", 1))
-            for name in (teacher, student):
-                if name not in zoo:
-                    raise SystemExit(f"unknown model '{name}' in '{item}'; see 'kdlab list models'")
-            found = [(teacher, student)]
-        else:
-            found = [p for p in known if item in p]
-            if not found:
-                raise SystemExit(f"'{item}' is in no default pair ({', '.join(f'{t}:{s}' for t, s in known)}); "
-                                 f"name a pair as TEACHER:STUDENT")
-        pairs += [p for p in found if p not in pairs]
-    return pairs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -218,7 +218,10 @@ def test_two_identical_teachers_equal_one(method):
     _, terms_two = two(x, y, epoch=30)
     assert terms_one.keys() == terms_two.keys()
     for name in terms_one:
-        assert torch.allclose(terms_one[name], terms_two[name], rtol=1e-5, atol=1e-6), name
+        # The mixed teacher is T·log Σ w·softmax(z/T): the same distribution, logits shifted by a per-row
+        # constant, so float32 rounding differs. DKD's small TCKD (~1e-3, a difference of near-equal logs)
+        # then moves by ~5e-7 on AVX2 kernels; a wrong mix or temperature moves the terms by far more.
+        assert torch.allclose(terms_one[name], terms_two[name], rtol=1e-4, atol=1e-5), name
 
 
 def test_feature_methods_sum_per_teacher_losses_weighted_by_mix():

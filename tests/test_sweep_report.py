@@ -344,9 +344,41 @@ def test_cpu_sweep_file_plans(tmp_path):
         if run.kind == "distill":
             by_method.setdefault(run.name.split("/")[-2], []).append(run)
     assert all(len(by_method[m]) == 2 for m in ("kd", "dkd", "dist", "crd"))
-    others = {m: v for m, v in by_method.items() if m not in ("kd", "dkd", "dist", "crd")}
-    assert len(others) >= 6 and all(len(v) == 1 for v in others.values())
-    for run in sweep.runs:
-        assert run.config.precision == "bf16" and run.config.data.name == "cifar100" and run.state == "new"
-        assert run.config.model == ("resnet56" if run.kind == "teacher" else "resnet20")
-        assert 15 <= run.config.optim.epochs <= 30
+    # every registered method is in the protocol: tfkd_self (whose teacher is the baseline) in the second file
+    self_sweep = load_sweep(REPO / "configs" / "sweeps" / "cpu-cifar100-self.yaml", out=str(tmp_path / "cpu"))
+    self_runs = [r for r in self_sweep.runs if r.kind == "distill"]
+    assert [r.name.split("/")[-2] for r in self_runs] == ["tfkd_self"]
+    assert set(by_method) | {"tfkd_self"} == set(methods.list_methods())
+    assert all(len(v) == 1 for m, v in by_method.items() if m not in ("kd", "dkd", "dist", "crd"))
+    baseline_s0 = next(r for r in sweep.runs if r.kind == "baseline" and r.name.endswith("/s0"))
+    main_file = yaml.safe_load((REPO / "configs" / "sweeps" / "cpu-cifar100.yaml").read_text())
+    self_file = yaml.safe_load((REPO / "configs" / "sweeps" / "cpu-cifar100-self.yaml").read_text())
+    assert self_file["out"] == main_file["out"]
+    assert self_file["teachers"]["resnet8-self"]["checkpoint"] == f"{main_file['out']}/{baseline_s0.name}/best.pt"
+    for run in sweep.runs + self_runs:
+        assert run.config.precision == "fp32" and run.config.channels_last and run.config.data.name == "cifar100"
+        if run.kind == "teacher":
+            assert run.config.model == "resnet20" and run.config.data.fraction is None
+        else:
+            assert run.config.model == "resnet8" and run.config.data.fraction == 0.1
+            assert run.config.optim.epochs == 10 and self_runs[0].config.optim == run.config.optim
+
+
+def test_report_keeps_a_baseline_that_is_also_a_teacher(sweep, tmp_path):
+    """Tf-KD self: the seed-0 baseline is the teacher of a tfkd_self run and still a baseline (n=2)."""
+    root = tmp_path / "self"
+    for name in RUNS:
+        shutil.copytree(sweep["root"] / name, root / name)
+    self_run = root / PAIR / "tfkd_self" / "s0"
+    shutil.copytree(sweep["root"] / PAIR / "kd" / "s0", self_run)
+    config = yaml.safe_load((self_run / "config.yaml").read_text())
+    config["method"] = "tfkd_self"
+    config["methods"] = {}
+    config["teachers"] = [str((root / RUNS[1] / "best.pt").resolve())]
+    (self_run / "config.yaml").write_text(yaml.safe_dump(config))
+    code, report, err = call(["report", root, "--epoch", "last", "--metrics", "top1"])
+    assert code == 0, err
+    table = block(report, "top-1 (%) — last epoch")
+    baseline = [root / RUNS[1], root / RUNS[2]]
+    assert row(table, "baseline").endswith(f"| {expected_cell(baseline, None, 0)} |")
+    assert "(+" in row(table, "tfkd_self") or "(-" in row(table, "tfkd_self")

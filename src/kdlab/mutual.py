@@ -89,10 +89,11 @@ def cohort_names(model_names: list[str]) -> list[str]:
 @process_group  # under torchrun: joins the process group for the run (docs/distributed.md)
 def run_mutual(config: Config, model_names: list[str], variant: str = "dml", resume: bool = False,
                quiet: bool = False) -> dict[str, Any]:
-    from .run import _fit, arch_of, build_data, prepare_model, prepare_run_dir, setup_runtime
+    from .run import _fit, arch_of, build_data, prepare_model, prepare_run_dir, refuse_compile, setup_runtime
 
     if len(model_names) < 2:
         raise KdlabError("deep mutual learning needs at least 2 students; pass --models a,b[,c...]")
+    refuse_compile(config, "kdlab mutual")
     dist = current()
     device = setup_runtime(config, dist)
     train_loader, test_loader, info = build_data(config, device, dist)

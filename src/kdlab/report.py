@@ -6,7 +6,8 @@ the baseline student (the same student trained alone on the same data), and the 
 "75.01 ± 0.21 (+1.56) [n=3]". Rows are methods (teacher and baseline first); columns are teacher→student
 pairs with parameter counts, as in seed 003's table; a second table pivots on the training-data fraction
 when runs differ by it, as in seed 004's. The roles come from the configs, not from directory names: a
-training run is a teacher when some distillation run points at its checkpoint, otherwise a baseline.
+training run is a teacher when some distillation run points at its checkpoint, otherwise a baseline (and both
+when it is also the normally trained student of a column, as Tf-KD self's teacher is).
 """
 
 from __future__ import annotations
@@ -296,7 +297,11 @@ def build_table(runs: list[RunRecord]) -> Table:
     teacher_dirs = {r.teacher.run_dir.resolve() for r in runs if r.teacher is not None}
     distill = [r for r in runs if r.config.get("teachers") or r.method]
     distill_ids = {id(r) for r in distill}
-    baselines = [r for r in runs if id(r) not in distill_ids and r.run_dir.resolve() not in teacher_dirs]
+    # A training run used as a teacher is still the baseline of its own (data, fraction, model) when some
+    # distillation run trains that student there: Tf-KD self-training takes the baseline as its teacher.
+    student_keys = {(r.data, r.fraction, r.model) for r in distill}
+    baselines = [r for r in runs if id(r) not in distill_ids
+                 and (r.run_dir.resolve() not in teacher_dirs or (r.data, r.fraction, r.model) in student_keys)]
     params: dict[str, int | None] = {}
     for r in runs + [r.teacher for r in distill if r.teacher is not None]:
         params.setdefault(r.model, r.params)

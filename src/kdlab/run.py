@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from .data.augment import resize
 from .engine import checkpoint as ckpt
 from .engine.distributed import Context, convert_sync_bn, current, on_main, process_group
 from .engine.objectives import StepOutput, SupervisedObjective
-from .engine.precision import pick_device
+from .engine.precision import pick_device, precision_warning
 from .engine.trainer import Trainer
 from .errors import KdlabError
 
@@ -44,6 +45,9 @@ def setup_runtime(config: Config, distributed: Context | None = None) -> torch.d
     if config.sync_bn and device.type != "cuda":
         raise KdlabError("sync_bn=true needs GPUs: PyTorch's SyncBatchNorm does not run on CPU; drop sync_bn or "
                          "run with --device cuda")
+    warning = precision_warning(device, config.precision)
+    if warning and (distributed is None or distributed.rank == 0):
+        print(f"kdlab: warning: {warning}", file=sys.stderr)
     return device
 
 
@@ -153,6 +157,13 @@ def prepare_model(model: nn.Module, config: Config, device: torch.device) -> nn.
 
 def maybe_compile(model: nn.Module, config: Config) -> nn.Module:
     return torch.compile(model) if config.compile else model
+
+
+def refuse_compile(config: Config, command: str) -> None:
+    """Distillation and mutual learning run eager: their taps are forward hooks toggled per step, which
+    torch.compile would re-trace, and on the CPU compiling gave no gain (docs/architecture.md)."""
+    if config.compile:
+        raise KdlabError(f"--compile (compile=true) works with kdlab train only; {command} runs eager, so drop it")
 
 
 @process_group  # under torchrun: joins the process group for the run (docs/distributed.md)
@@ -273,6 +284,7 @@ def run_distill(config: Config, resume: bool = False, quiet: bool = False) -> di
 
     if not config.method:
         raise KdlabError("no method given; pass --method NAME (see 'kdlab list methods')")
+    refuse_compile(config, "kdlab distill")
     parse(config.method, config.methods)  # validate names and hyperparameters before loading anything
     if config.teacher_mix is not None:
         mix_weights(config.teacher_mix, len(config.teachers) + bool(config.teacher_model))

@@ -1,0 +1,262 @@
+"""kdlab's KD loop against the standard reference distillation loop, side by side in one run (issue 6).
+
+The reference loop is the one most CIFAR KD code runs (the CRD/RepDistiller `train_distill` pattern),
+implemented here from its description, not copied:
+  data     a torch Dataset that turns each uint8 image into a PIL image and runs RandomCrop(32, padding=4),
+           RandomHorizontalFlip, ToTensor, Normalize per sample, batched by a DataLoader with worker
+           processes (CRD's default is 8; --ref-workers times several counts and the fastest is the baseline);
+  step     fp32, teacher forward under no_grad in eval mode, student forward, 0.1 x CE + 0.9 x KL(T=4) x T²,
+           zero_grad / backward / SGD step, and per-step loss and top-1/top-5 read out with .item() for the
+           running averages (as that loop's AverageMeters do).
+kdlab's loop is `Trainer.train_epoch` on `DistillationLoss(method='kd')` fed by kdlab's TensorLoader (batched
+crop + flip on uint8 tensors), in fp32 (the loop's own gain at equal precision), fp32 + channels_last, and
+bf16 + channels_last where the CPU runs bf16 natively (emulated bf16 is several times slower than fp32, so
+it is skipped elsewhere unless --modes names it). Every case sees the same images, batch size, models and
+optimiser; cases are interleaved per repeat and the ratios are medians of per-repeat ratios.
+Target: kdlab KD in its fastest mode >= 2x the fastest reference variant.
+The reference's DataLoader workers persist across repeats and warm-up steps are excluded, so its worker
+start-up is never counted against it.
+
+    python benchmarks/reference_loop.py --quick                       # < 2 minutes, checks the script
+    python benchmarks/reference_loop.py --threads 2 --data-root ../shared/data --json reference.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from common import (
+    MODES,
+    Case,
+    LimitedLoader,
+    Seconds,
+    TrainerStep,
+    add_common_args,
+    case_record,
+    describe_environment,
+    environment,
+    log,
+    markdown_table,
+    paired_ratio,
+    parse_pairs,
+    prepare,
+    rate_unit,
+    resolve,
+    run_interleaved,
+    setup_runtime,
+    split_names,
+    spread,
+    train_loader,
+    training_set,
+    write_json,
+)
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from kdlab import models
+from kdlab.distillation import DistillationLoss
+from kdlab.engine.precision import cpu_bf16_is_native
+
+PAIRS = (("resnet56", "resnet20"), ("resnet32x4", "resnet8x4"))
+TARGET = 2.0  # kdlab KD in its fastest mode on this CPU over the fastest reference loop
+TEMPERATURE, CE_WEIGHT, KD_WEIGHT = 4.0, 0.1, 0.9  # the CRD codebase's KD defaults (METHODS.md, KD)
+
+FULL = {"repeats": 5, "iters": 10, "warmup": 3, "batch_size": 64, "image_size": 32, "train_size": 50_000}
+QUICK = {"repeats": 1, "iters": 2, "warmup": 1, "batch_size": 16, "image_size": 16, "train_size": 512}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(f"{t}:{s}" for t, s in PAIRS),
+                        help="pairs TEACHER:STUDENT or a model name, comma list, or all")
+    parser.add_argument("--ref-workers", default="2,8",
+                        help="DataLoader worker counts of the reference loop, comma list (the fastest is the "
+                             "baseline; 8 is CRD's default, 2 one per core here)")
+    parser.add_argument("--modes", default=None,
+                        help=f"kdlab modes, comma list ({', '.join(MODES)}); default fp32,channels_last, plus "
+                             f"bf16+channels_last where bf16 is native")
+    add_common_args(parser)
+    args = resolve(parser.parse_args(argv), FULL, QUICK)
+    if args.modes is None:
+        args.modes = "fp32,channels_last" + (",bf16+channels_last" if cpu_bf16_is_native() else "")
+    args.mode_list = split_names(args.modes, list(MODES), "mode")
+    args.pairs = parse_pairs(args.models, PAIRS)
+    try:
+        args.worker_counts = [int(w) for w in args.ref_workers.split(",") if w.strip()]
+    except ValueError:
+        raise SystemExit(f"--ref-workers takes a comma list of integers, got '{args.ref_workers}'") from None
+    if args.quick:
+        args.worker_counts = [min(args.worker_counts)]
+    return args
+
+
+# ------------------------------------------------------------------------------------------------ reference
+class PILAugmentedDataset(Dataset):
+    """CIFAR as the reference loop reads it: HWC uint8 arrays, one PIL image and transform per sample."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, mean, std, padding: int):
+        self.images = images.permute(0, 2, 3, 1).contiguous().numpy()  # N,H,W,C as in the CIFAR pickles
+        self.targets = targets.tolist()
+        size = self.images.shape[1]
+        self.transform = transforms.Compose([
+            transforms.RandomCrop(size, padding=padding),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        image = Image.fromarray(self.images[index])
+        return self.transform(image), self.targets[index], index
+
+
+class ReferenceBatches:
+    """`steps` batches from one persistent DataLoader iterator (re-opened when an epoch ends)."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+        self.iterator: Iterator | None = None
+
+    def take(self, steps: int) -> Iterator:
+        for _ in range(steps):
+            try:
+                batch = next(self.iterator) if self.iterator is not None else None
+            except StopIteration:
+                batch = None
+            if batch is None:
+                self.iterator = iter(self.loader)
+                batch = next(self.iterator)
+            yield batch
+
+
+class ReferenceStep:
+    """The reference distillation step: fp32, teacher under no_grad, KD + CE, per-step .item() read-outs."""
+
+    def __init__(self, teacher: torch.nn.Module, student: torch.nn.Module, batches: ReferenceBatches):
+        self.teacher = teacher.eval()
+        self.student = student.train()
+        self.batches = batches
+        self.optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+        self.meters: dict[str, list[float]] = {"loss": [], "top1": [], "top5": []}
+
+    def run(self, steps: int) -> Seconds:
+        start, cpu = time.perf_counter(), time.process_time()
+        for images, targets, _index in self.batches.take(steps):
+            with torch.no_grad():
+                logits_t = self.teacher(images)
+            logits_s = self.student(images)
+            kd = F.kl_div(F.log_softmax(logits_s / TEMPERATURE, dim=1), F.softmax(logits_t / TEMPERATURE, dim=1),
+                          reduction="batchmean") * TEMPERATURE ** 2
+            loss = CE_WEIGHT * F.cross_entropy(logits_s, targets) + KD_WEIGHT * kd
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            top5 = logits_s.topk(5, dim=1).indices.eq(targets[:, None])
+            self.meters["loss"].append(loss.item())
+            self.meters["top1"].append(top5[:, 0].float().mean().item())
+            self.meters["top5"].append(top5.any(dim=1).float().mean().item())
+        return time.perf_counter() - start, time.process_time() - cpu
+
+
+# ------------------------------------------------------------------------------------------------ cases
+def pair_cases(teacher_name: str, student_name: str, args: argparse.Namespace, dataset) -> dict[str, Case]:
+    """The reference loop (one case per worker count) and kdlab's KD loop in each of --modes."""
+    torch.manual_seed(1)
+    teacher = models.create(teacher_name, dataset.num_classes, image_size=args.image_size).eval()
+    torch.manual_seed(0)
+    student = models.create(student_name, dataset.num_classes, image_size=args.image_size)
+    reference_data = PILAugmentedDataset(dataset.images, dataset.targets, dataset.mean, dataset.std,
+                                         padding=max(1, args.image_size // 8))
+    cases: dict[str, Case] = {}
+    for workers in args.worker_counts:
+        loader = DataLoader(reference_data, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                            num_workers=workers, persistent_workers=workers > 0)
+        step = ReferenceStep(copy.deepcopy(teacher), copy.deepcopy(student), ReferenceBatches(loader))
+        name = f"reference fp32, {workers} workers"
+        cases[name] = Case(name, step.run, lambda n: n, args.batch_size)
+    for mode in args.mode_list:
+        precision, channels_last = MODES[mode]
+        objective = DistillationLoss(
+            prepare(copy.deepcopy(teacher), channels_last), prepare(copy.deepcopy(student), channels_last),
+            method="kd", input_shape=(dataset.in_channels, args.image_size, args.image_size),
+            train_targets=dataset.targets, epochs=240, num_classes=dataset.num_classes,
+            hparams={"kd": {"weight": KD_WEIGHT, "temperature": TEMPERATURE}}, ce_weight=CE_WEIGHT)
+        objective.set_phase("main")
+        loader = train_loader(dataset, args.batch_size, channels_last)
+        name = f"kdlab {mode}"
+        cases[name] = Case(name, TrainerStep(objective, precision, channels_last).run,
+                           lambda n, ld=loader: LimitedLoader(ld, n), args.batch_size)
+    return cases
+
+
+def bench_pair(teacher: str, student: str, args: argparse.Namespace, dataset) -> dict:
+    log(f"{teacher} -> {student}:")
+    cases = pair_cases(teacher, student, args, dataset)
+    run_interleaved(list(cases.values()), args.repeats, args.warmup, args.iters, log)
+    references = {name: c for name, c in cases.items() if name.startswith("reference")}
+    # The baseline per repeat is the fastest reference variant of that repeat: the strictest comparison.
+    baseline = [max(rates) for rates in zip(*(c.rates for c in references.values()))]
+    return {
+        "teacher": teacher, "student": student,
+        "cases": {name: {"median": c.median, "spread_pct": spread(c.rates), "raw": case_record(c)}
+                  for name, c in cases.items()},
+        "baseline_images_per_s": baseline,
+        "baseline_median": statistics.median(baseline),
+        "speedup": {name: paired_ratio(c.rates, baseline) for name, c in cases.items()
+                    if name.startswith("kdlab")},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_runtime(args)
+    env = environment()
+    dataset = training_set(args)
+    print(f"# kdlab KD loop vs the reference loop, batch {args.batch_size}, {args.image_size}x{args.image_size}, "
+          f"{dataset.name} ({len(dataset)} images)\n")
+    print(describe_environment(env))
+    print(f"median of {args.repeats} repeats x {args.iters} steps ({args.warmup} warm-up steps excluded); "
+          f"cases interleaved per repeat; speed-ups = median of per-repeat ratios to the fastest reference\n")
+    started = time.perf_counter()
+    results = [bench_pair(t, s, args, dataset) for t, s in args.pairs]
+
+    unit = rate_unit()
+    rows = []
+    for r in results:
+        for name, c in r["cases"].items():
+            ratio = r["speedup"].get(name)
+            rows.append([f"{r['teacher']} -> {r['student']}", name, c["median"],
+                         "-" if ratio is None else f"{ratio:.2f}x", f"{c['spread_pct']:.0f}"])
+    print(markdown_table(["teacher -> student", "loop", unit, "vs fastest reference", "spread %"], rows))
+    print("\n## Targets\n")
+    checks = []
+    for r in results:
+        best = max(r["speedup"], key=r["speedup"].get)
+        ratio = r["speedup"][best]
+        checks.append([f"{best} KD / fastest reference, {r['teacher']}->{r['student']}",
+                       f">= {TARGET:.1f}x", f"{ratio:.2f}x", "met" if ratio >= TARGET else "NOT met"])
+    print(markdown_table(["check", "target", "measured", "status"], checks))
+    elapsed = time.perf_counter() - started
+    print(f"\n(benchmark took {elapsed:.0f} s)")
+    write_json(args.json, {"benchmark": "reference_loop",
+                           "args": {k: v for k, v in vars(args).items() if k != "pairs"},
+                           "environment": env, "results": results, "seconds": elapsed})
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())
