@@ -285,6 +285,23 @@ class TeacherForward:
         return time.perf_counter() - start, time.process_time() - cpu
 
 
+def warm_teacher_cache(objective, dataset: InMemoryDataset, batch_size: int, channels_last: bool,
+                       precision: str) -> float:
+    """Attach a TeacherCache to a KD objective and fill it with one fixed-augmentation pass of the teacher over
+    `dataset` (what the first epoch of a `--cache-teacher` run does); returns the seconds the fill took."""
+    from kdlab.teacher_cache import TeacherCache
+
+    objective.teacher_cache = TeacherCache(dataset.indices, num_teachers=1)
+    full = TensorLoader(dataset, batch_size, shuffle=False, augment=True, seed=0, channels_last=channels_last,
+                        fixed_augmentation=True)
+    start = time.perf_counter()
+    with autocast(CPU, precision):
+        for images, _targets, indices in full:
+            objective.teacher_outputs(images, 0, indices)
+    assert objective.teacher_cache.complete, "the fill pass must cover every sample"
+    return time.perf_counter() - start
+
+
 def loader_only(loader) -> Seconds:
     """Iterate a loader without training: the data pipeline's own cost per batch."""
     start, cpu = time.perf_counter(), time.process_time()

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 
 import torch
 from common import (
-    CPU,
     Case,
     LimitedLoader,
     RepeatLoader,
@@ -42,6 +40,7 @@ from common import (
     setup_runtime,
     spread,
     training_set,
+    warm_teacher_cache,
     write_json,
 )
 
@@ -49,8 +48,6 @@ from kdlab import models
 from kdlab.data import TensorLoader
 from kdlab.distillation import DistillationLoss
 from kdlab.engine.objectives import SupervisedObjective
-from kdlab.engine.precision import autocast
-from kdlab.teacher_cache import TeacherCache
 
 TARGET = 0.90  # cached KD within 10% of plain student training
 
@@ -95,17 +92,9 @@ def main(argv: list[str] | None = None) -> None:
         return objective
 
     cached = kd_objective()
-    cached.teacher_cache = TeacherCache(dataset.indices, num_teachers=1)
     log(f"filling the teacher cache: {len(dataset)} samples through {args.teacher}")
-    start = time.perf_counter()
     loader.set_epoch(0)
-    full = TensorLoader(dataset, args.batch_size, shuffle=False, augment=True, seed=0,
-                        channels_last=args.channels_last, fixed_augmentation=True)
-    with autocast(CPU, args.precision):
-        for images, _targets, indices in full:
-            cached.teacher_outputs(images, 0, indices)
-    fill_seconds = time.perf_counter() - start
-    assert cached.teacher_cache.complete, "the fill pass must cover every sample"
+    fill_seconds = warm_teacher_cache(cached, dataset, args.batch_size, args.channels_last, args.precision)
     log(f"  {cached.teacher_cache.describe()} in {fill_seconds:.1f} s ({len(dataset) / fill_seconds:.0f} img/s)")
 
     if args.bare:

@@ -49,9 +49,11 @@ def test_reference_batches_continue_across_epochs(reference_loop):
 def test_reference_loop_quick_run_writes_results(reference_loop, tmp_path, capsys):
     out = tmp_path / "reference.json"
     code = reference_loop.main(["--quick", "--models", "resnet20:resnet8", "--ref-workers", "0",
-                                "--modes", "fp32,channels_last", "--json", str(out)])
+                                "--modes", "fp32,channels_last", "--cached", "--cache-size", "64", "--json", str(out)])
     assert code == 0
     result = json.loads(out.read_text())["results"][0]
-    assert set(result["cases"]) == {"reference fp32, 0 workers", "kdlab fp32", "kdlab channels_last"}
+    assert set(result["cases"]) == {"reference fp32, 0 workers", "kdlab fp32", "kdlab channels_last",
+                                    "kdlab channels_last, cached teacher"}
     assert all(ratio > 0 for ratio in result["speedup"].values())
-    assert "## Targets" in capsys.readouterr().out
+    targets = capsys.readouterr().out.split("## Targets")[1]
+    assert "kdlab channels_last, cached teacher KD / fastest reference" in targets

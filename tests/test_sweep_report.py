@@ -382,3 +382,23 @@ def test_report_keeps_a_baseline_that_is_also_a_teacher(sweep, tmp_path):
     baseline = [root / RUNS[1], root / RUNS[2]]
     assert row(table, "baseline").endswith(f"| {expected_cell(baseline, None, 0)} |")
     assert "(+" in row(table, "tfkd_self") or "(-" in row(table, "tfkd_self")
+
+
+def test_report_tabulates_mutual_learning_cohorts_per_student(sweep, tmp_path):
+    """A DML cohort of two resnet8 students sits beside the baseline: one cell over both students."""
+    root = tmp_path / "dml"
+    for name in RUNS[1:3]:
+        shutil.copytree(sweep["root"] / name, root / name)
+    run = root / "digits-f0.3/mutual/dml/s0"
+    code, _, err = call(["mutual", "--models", "resnet8,resnet8", "--data", "digits", "--fraction", "0.3",
+                         "--epochs", "2", "--batch-size", "128", "--seed", "0", "--out", run, "--quiet"])
+    assert code == 0, err
+    code, report, err = call(["report", root, "--epoch", "last", "--metrics", "top1"])
+    assert code == 0, err
+    table = block(report, "top-1 (%) — last epoch")
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    values = [lines[-1][f"test_s{i}_resnet8_top1"] for i in (0, 1)]
+    base = statistics.mean(last_and_best(root / name)[0] for name in RUNS[1:3])
+    mean, std = statistics.mean(values), statistics.stdev(values)
+    assert row(table, "dml").endswith(f"| {mean:.2f} ± {std:.2f} ({mean - base:+.2f}) [n=2] |")
+    assert "3 finished runs; 1 of them deep-mutual-learning cohorts" in report and "copies" not in report

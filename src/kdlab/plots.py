@@ -116,7 +116,7 @@ def _reliability(plt: Any, rows: list, title: str, path: Path) -> Path | None:
     for label, cell in rows:
         run = cell.runs[0]
         try:
-            confidence, accuracy, count = load_bins(run.run_dir)
+            confidence, accuracy, count = load_bins(run.run_dir, run.member)
         except (OSError, KeyError, ValueError):
             continue  # a run from before reliability.json existed
         panels.append((label, run, confidence, accuracy, count))

@@ -64,6 +64,7 @@ class RunRecord:
     metrics: list[dict[str, Any]]
     teacher_dir: Path | None = None  # resolved directory of the teacher run (distillation runs)
     teacher: RunRecord | None = None
+    member: str = ""  # a deep-mutual-learning cohort's student: its name in the run's metrics and reliability.json
 
     @property
     def data(self) -> str:
@@ -156,6 +157,30 @@ def _read_run(run_dir: Path) -> RunRecord | None:
     return RunRecord(run_dir, config, summary, metrics)
 
 
+def cohort_members(record: RunRecord) -> list[RunRecord]:
+    """A deep-mutual-learning run as one record per cohort student: method 'dml' or 'dml_e', no teacher, its
+    own test metrics (test_<name>_top1 -> test_top1, ...), so it sits beside the baseline of its architecture.
+    Students of one cohort with the same architecture share a cell: n counts students x seeds."""
+    from .mutual import cohort_names
+
+    arch = record.summary["arch"]
+    members = []
+    for name, model in zip(cohort_names(arch["cohort"]), arch["cohort"], strict=True):
+        prefix = f"test_{name}_"
+        metrics = []
+        for line in record.metrics:
+            own = {k: v for k, v in line.items() if not k.startswith("test_")}
+            own.update({"test_" + k[len(prefix):]: v for k, v in line.items() if k.startswith(prefix)})
+            metrics.append(own)
+        if not all("test_top1" in line for line in metrics):
+            continue  # an older cohort run without per-student metrics
+        config = {**record.config, "model": model, "method": arch.get("variant", "dml"), "teachers": []}
+        summary = {**record.summary, "arch": {**arch, "model": model},
+                   "params": record.summary.get("params") if model == arch["cohort"][0] else None}
+        members.append(RunRecord(record.run_dir, config, summary, metrics, member=name))
+    return members
+
+
 def _is_run_dir(path: Path) -> bool:
     return (path / "config.yaml").is_file() and (path / "metrics.jsonl").is_file()
 
@@ -182,7 +207,7 @@ def find_runs(paths: Iterable[str | Path]) -> Collection:
             for child in sorted(folder.iterdir(), reverse=True):
                 if child.is_dir():
                     (found.append(child) if _is_run_dir(child) else stack.append(child))
-    records, unfinished, mutual = [], [], 0
+    records, unfinished = [], []
     seen: set[Path] = set()
     for run_dir in sorted(found):
         key = run_dir.resolve()
@@ -193,17 +218,16 @@ def find_runs(paths: Iterable[str | Path]) -> Collection:
         if record is None:
             unfinished.append(run_dir)
         elif "cohort" in record.summary.get("arch", {}):
-            mutual += 1
+            records += cohort_members(record)
         else:
             records.append(record)
-    skipped = [f"{mutual} deep-mutual-learning (cohort) run(s): not tabulated yet"] if mutual else []
     if not records:
         where = ", ".join(str(p) for p in paths)
         extra = f" ({len(unfinished)} unfinished: no summary.json yet)" if unfinished else ""
         raise KdlabError(f"no finished kdlab runs under {where}{extra}; pass run directories (config.yaml + "
                          f"metrics.jsonl + summary.json) or a sweep root")
     _link_teachers(records)
-    return Collection(records, unfinished, skipped)
+    return Collection(records, unfinished)
 
 
 def _link_teachers(records: list[RunRecord]) -> None:
@@ -489,11 +513,15 @@ def make_report(paths: list[str], fmt: str = "md", epoch: str = "both", metrics:
     if fmt == "csv":
         text = format_csv(table, metric_names, epochs)
     else:
-        notes = [f"{len(collection.runs)} finished runs"]
+        notes = [f"{len({r.run_dir for r in collection.runs})} finished runs"]
+        cohorts = {r.run_dir for r in collection.runs if r.member}
+        if cohorts:
+            notes.append(f"{len(cohorts)} of them deep-mutual-learning cohorts, one row entry per student "
+                         f"(n counts students x seeds)")
         if collection.unfinished:
             notes.append(f"{len(collection.unfinished)} unfinished run(s) left out (no summary.json yet)")
         notes += collection.skipped
-        repeated = sum(len({r.seed for r in cell.runs}) < len(cell.runs) for cell in table.cells.values())
+        repeated = sum(len({(r.seed, r.member) for r in cell.runs}) < len(cell.runs) for cell in table.cells.values())
         if repeated:
             notes.append(f"{repeated} cell(s) hold several runs of one seed (copies of a run?); n counts them all")
         if any(cell.baseline_differs for cell in table.cells.values()):
