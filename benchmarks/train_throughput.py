@@ -4,7 +4,9 @@ For every model and mode (fp32, channels_last, bf16, bf16+channels_last) it time
   (a) the bare step: Trainer.train_epoch over pre-made batches already in memory (forward, backward, SGD),
   (b) the whole pipeline: the same trainer fed by TensorLoader (index, random crop + flip, normalise),
 and reports (b)/(a) (target >= 0.90) and each mode's speed-up over fp32 (target for resnet20
-bf16+channels_last: >= 1.8x). Cases are interleaved per repeat; ratios are medians of per-repeat ratios.
+bf16+channels_last: >= 1.8x). It also times (c) the loader alone and prints (a)/(a + loader) = 1 / (1 + a/c):
+the ratio (b)/(a) would have if the loader's time just added to the step's, a noise-robust reading of the
+pipeline's cost. Cases are interleaved per repeat; ratios are medians of per-repeat ratios.
 
     python benchmarks/train_throughput.py --quick                 # < 2 minutes, checks the script
     python benchmarks/train_throughput.py --threads 2 --json train.json
@@ -110,6 +112,9 @@ def bench_model(name: str, args: argparse.Namespace, dataset, num_classes: int) 
             "pipeline_speedup_over_fp32": paired_ratio(pipe.rates, base["pipeline"].rates)
             if base and pipe and base["pipeline"] else None,
             "loader_median": c["loader"].median if c["loader"] else None,
+            # What (b)/(a) would be if the loader's own time simply added to the step's: a noise-robust check
+            # of the pipeline's cost, next to the measured ratio (which a busy machine can move by +-10%).
+            "loader_bound": 1.0 / (1.0 + bare.median / c["loader"].median) if c["loader"] else None,
             "step_spread_pct": spread(bare.rates),
             "raw": {"step": case_record(bare), "pipeline": case_record(pipe) if pipe else None,
                     "loader": case_record(c["loader"]) if c["loader"] else None},
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
     unit = rate_unit()
     headers = ["model", "mode", f"(a) step {unit}", f"(b) pipeline {unit}", "(b)/(a)", "step vs fp32",
-               "pipeline vs fp32", f"loader only {unit}", "step spread %"]
+               "pipeline vs fp32", f"loader only {unit}", "(a)/(a + loader)", "step spread %"]
     rows = []
     for name, per_mode in results.items():
         for mode, r in per_mode.items():
@@ -147,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                          "-" if r["pipeline_speedup_over_fp32"] is None
                          else f"{r['pipeline_speedup_over_fp32']:.2f}x",
                          "-" if r["loader_median"] is None else r["loader_median"],
+                         "-" if r["loader_bound"] is None else f"{r['loader_bound']:.3f}",
                          f"{r['step_spread_pct']:.0f}"])
     print(markdown_table(headers, rows))
 

@@ -25,6 +25,23 @@ def pyplot() -> Any:
     return plt
 
 
+MARKERS = "osD^vP*Xh<>p"
+MAX_PANELS_PER_ROW = 6
+
+
+def style(index: int) -> tuple[Any, str]:
+    """A colour and marker per series that stay distinct for 20+ methods (tab20 colours x 11 markers)."""
+    import matplotlib
+
+    return matplotlib.colormaps["tab20"](index % 20), MARKERS[index % len(MARKERS)]
+
+
+def outside_legend(ax: Any, count: int) -> None:
+    """The legend to the right of the axes (never over the data), in two columns for long lists."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+              ncol=1 if count <= 16 else 2, frameon=False)
+
+
 def draw_reliability(ax: Any, confidence: list[float], accuracy: list[float], count: list[int], title: str) -> None:
     """One reliability diagram: accuracy per confidence bin (empty bins drawn at 0) against the diagonal."""
     bins = len(confidence)
@@ -67,9 +84,9 @@ def report_plots(table: Table, out_dir: Path) -> list[Path]:
 
 
 def _curves(plt: Any, rows: list, title: str, path: Path, teacher_label: str) -> Path:
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(7.0 if len(rows) <= 16 else 8.6, 4.4))
     for index, (label, cell) in enumerate(rows):
-        color = f"C{index % 10}"
+        color, marker = style(index)
         if label == teacher_label:
             mean = sum(r.at("last")["test_top1"] for r in cell.runs) / len(cell.runs)
             ax.axhline(mean, color=color, ls="--", lw=1, label=f"{label} (last epoch)")
@@ -80,8 +97,8 @@ def _curves(plt: Any, rows: list, title: str, path: Path, teacher_label: str) ->
                 if isinstance(record.get("test_top1"), (int, float)):
                     by_epoch.setdefault(int(record["epoch"]), []).append(float(record["test_top1"]))
         epochs = sorted(by_epoch)
-        ax.plot(epochs, [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs], color=color, marker=".",
-                label=f"{label} [n={len(cell.runs)}]")
+        ax.plot(epochs, [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs], color=color, marker=marker,
+                markersize=3, lw=1.2, label=f"{label} [n={len(cell.runs)}]")
         if len(cell.runs) > 1:
             ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs],
                             color=color, alpha=0.15, lw=0)
@@ -90,22 +107,26 @@ def _curves(plt: Any, rows: list, title: str, path: Path, teacher_label: str) ->
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(f"{title}: test top-1 per epoch (mean, min-max over seeds)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    outside_legend(ax, len(rows))
     return _save(plt, fig, path)
 
 
 def _scatter(plt: Any, rows: list, title: str, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(7.0 if len(rows) <= 16 else 8.6, 4.4))
     for index, (label, cell) in enumerate(rows):
         points = [(r.at("last").get("test_ece"), r.at("last").get("test_top1")) for r in cell.runs]
         points = [(x, y) for x, y in points if isinstance(x, (int, float)) and isinstance(y, (int, float))]
         if points:
-            ax.scatter([p[0] for p in points], [p[1] for p in points], color=f"C{index % 10}", label=label, s=24)
+            color, marker = style(index)
+            ax.scatter([p[0] for p in points], [p[1] for p in points], color=color, marker=marker, label=label,
+                       s=28)
+            x, y = sum(p[0] for p in points) / len(points), sum(p[1] for p in points) / len(points)
+            ax.annotate(label, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=6, color="0.25")
     ax.set_xlabel("ECE (%) — lower is better")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(f"{title}: accuracy vs calibration, last epoch (one point per run)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    outside_legend(ax, len(rows))
     return _save(plt, fig, path)
 
 
@@ -122,12 +143,18 @@ def _reliability(plt: Any, rows: list, title: str, path: Path) -> Path | None:
         panels.append((label, run, confidence, accuracy, count))
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.8 * len(panels), 3.0), squeeze=False)
-    for ax, (label, run, confidence, accuracy, count) in zip(axes[0], panels):
+    ncols = min(len(panels), MAX_PANELS_PER_ROW)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.8 * nrows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax, (label, run, confidence, accuracy, count) in zip(flat, panels):
         ece = run.at("last").get("test_ece")
         name = f"{label} (seed {run.seed})"
         draw_reliability(ax, confidence, accuracy, count, f"{name}\nECE {ece:.2f}%" if ece is not None else name)
-    axes[0][0].set_ylabel("accuracy")
+    for ax in flat[len(panels):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel("accuracy")
     axes[0][0].legend(loc="upper left", fontsize=6)
     fig.suptitle(f"{title}: reliability, last epoch", fontsize=9)
     return _save(plt, fig, path)

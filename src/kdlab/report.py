@@ -231,8 +231,10 @@ def find_runs(paths: Iterable[str | Path]) -> Collection:
 
 
 def _link_teachers(records: list[RunRecord]) -> None:
-    """Point each distillation run at its teacher's run (by path; by trailing path parts if moved)."""
-    by_dir = {r.run_dir.resolve(): r for r in records}
+    """Point each distillation run at its teacher's run: the reported run at that path; else a reported run
+    whose path ends the same way (the sweep root was moved or copied, e.g. docs/results-cpu/runs); else the
+    run still on disk at that path. Reported runs come first, so a report depends only on its inputs."""
+    by_dir = {r.run_dir.resolve(): r for r in records if not r.member}
     loaded: dict[Path, RunRecord | None] = {}
     for record in records:
         teachers = record.config.get("teachers") or []
@@ -241,21 +243,21 @@ def _link_teachers(records: list[RunRecord]) -> None:
         teacher_dir = Path(str(teachers[0])).parent
         record.teacher_dir = teacher_dir
         resolved = teacher_dir.resolve()
-        if resolved in by_dir:
-            record.teacher = by_dir[resolved]
-            continue
-        if teacher_dir.is_dir():
+        record.teacher = by_dir.get(resolved) or _moved_teacher(teacher_dir, by_dir)
+        if record.teacher is None and teacher_dir.is_dir():
             if resolved not in loaded:
                 loaded[resolved] = _read_run(teacher_dir)
             record.teacher = loaded[resolved]
-            continue
-        parts = teacher_dir.parts
-        for depth in range(min(len(parts), 4), 1, -1):  # the sweep root was moved or renamed
-            tail = parts[-depth:]
-            matches = [r for d, r in by_dir.items() if d.parts[-depth:] == tail]
-            if len(matches) == 1:
-                record.teacher = matches[0]
-                break
+
+
+def _moved_teacher(teacher_dir: Path, by_dir: dict[Path, RunRecord]) -> RunRecord | None:
+    """The one reported run whose path ends like teacher_dir (longest unique tail of 2-4 parts), if any."""
+    parts = teacher_dir.parts
+    for depth in range(min(len(parts), 4), 1, -1):
+        matches = [r for d, r in by_dir.items() if d.parts[-depth:] == parts[-depth:]]
+        if len(matches) == 1:
+            return matches[0]
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ cells
