@@ -189,7 +189,6 @@ def _is_run_dir(path: Path) -> bool:
 class Collection:
     runs: list[RunRecord]
     unfinished: list[Path] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # one line per kind of run the report leaves out
 
 
 def find_runs(paths: Iterable[str | Path]) -> Collection:
@@ -233,7 +232,8 @@ def find_runs(paths: Iterable[str | Path]) -> Collection:
 def _link_teachers(records: list[RunRecord]) -> None:
     """Point each distillation run at its teacher's run: the reported run at that path; else a reported run
     whose path ends the same way (the sweep root was moved or copied, e.g. docs/results-cpu/runs); else the
-    run still on disk at that path. Reported runs come first, so a report depends only on its inputs."""
+    run still on disk at that path. Reported runs come first (on tails of 3+ parts, such as a sweep's
+    'teachers/resnet20/s0'), so a report of a copied sweep does not depend on what else is on disk."""
     by_dir = {r.run_dir.resolve(): r for r in records if not r.member}
     loaded: dict[Path, RunRecord | None] = {}
     for record in records:
@@ -243,17 +243,19 @@ def _link_teachers(records: list[RunRecord]) -> None:
         teacher_dir = Path(str(teachers[0])).parent
         record.teacher_dir = teacher_dir
         resolved = teacher_dir.resolve()
-        record.teacher = by_dir.get(resolved) or _moved_teacher(teacher_dir, by_dir)
+        record.teacher = by_dir.get(resolved) or _moved_teacher(teacher_dir, by_dir, min_depth=3)
         if record.teacher is None and teacher_dir.is_dir():
             if resolved not in loaded:
                 loaded[resolved] = _read_run(teacher_dir)
             record.teacher = loaded[resolved]
+        if record.teacher is None:  # a short tail ('resnet20/s0') only where nothing better exists
+            record.teacher = _moved_teacher(teacher_dir, by_dir, min_depth=2)
 
 
-def _moved_teacher(teacher_dir: Path, by_dir: dict[Path, RunRecord]) -> RunRecord | None:
-    """The one reported run whose path ends like teacher_dir (longest unique tail of 2-4 parts), if any."""
+def _moved_teacher(teacher_dir: Path, by_dir: dict[Path, RunRecord], min_depth: int) -> RunRecord | None:
+    """The one reported run whose path ends like teacher_dir (longest unique tail of min_depth-4 parts)."""
     parts = teacher_dir.parts
-    for depth in range(min(len(parts), 4), 1, -1):
+    for depth in range(min(len(parts), 4), min_depth - 1, -1):
         matches = [r for d, r in by_dir.items() if d.parts[-depth:] == parts[-depth:]]
         if len(matches) == 1:
             return matches[0]
@@ -522,7 +524,6 @@ def make_report(paths: list[str], fmt: str = "md", epoch: str = "both", metrics:
                          f"(n counts students x seeds)")
         if collection.unfinished:
             notes.append(f"{len(collection.unfinished)} unfinished run(s) left out (no summary.json yet)")
-        notes += collection.skipped
         repeated = sum(len({(r.seed, r.member) for r in cell.runs}) < len(cell.runs) for cell in table.cells.values())
         if repeated:
             notes.append(f"{repeated} cell(s) hold several runs of one seed (copies of a run?); n counts them all")
