@@ -186,10 +186,12 @@ def training_set(args: argparse.Namespace) -> InMemoryDataset:
     return synthetic_cifar(args.train_size, args.image_size)
 
 
-def train_loader(dataset: InMemoryDataset, batch_size: int, channels_last: bool) -> TensorLoader:
-    """The training loader `kdlab.data.build_loaders` makes: shuffled, augmented, on the CPU."""
+def train_loader(dataset: InMemoryDataset, batch_size: int, channels_last: bool,
+                 fixed_augmentation: bool = False) -> TensorLoader:
+    """The training loader `kdlab.data.build_loaders` makes: shuffled, augmented, on the CPU; with
+    fixed_augmentation, one crop/flip per sample for all epochs (what `--cache-teacher` needs)."""
     return TensorLoader(dataset, batch_size, shuffle=True, drop_last=True, augment=True, seed=0,
-                        device="cpu", channels_last=channels_last)
+                        device="cpu", channels_last=channels_last, fixed_augmentation=fixed_augmentation)
 
 
 class LimitedLoader:

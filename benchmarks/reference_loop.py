@@ -32,7 +32,6 @@ import sys
 import time
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from common import (
@@ -66,7 +65,6 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from kdlab import models
-from kdlab.data import TensorLoader
 from kdlab.distillation import DistillationLoss
 from kdlab.engine.precision import cpu_bf16_is_native
 
@@ -210,8 +208,7 @@ def pair_cases(teacher_name: str, student_name: str, args: argparse.Namespace, d
         log(f"  filling the teacher cache: {len(subset)} images through {teacher_name}")
         seconds = warm_teacher_cache(objective, subset, args.batch_size, channels_last, precision)
         log(f"  {objective.teacher_cache.describe()} in {seconds:.1f} s")
-        loader = TensorLoader(subset, args.batch_size, shuffle=True, drop_last=True, augment=True, seed=0,
-                              channels_last=channels_last, fixed_augmentation=True)
+        loader = train_loader(subset, args.batch_size, channels_last, fixed_augmentation=True)
         name = f"kdlab {mode}, cached teacher"
         cases[name] = Case(name, TrainerStep(objective, precision, channels_last).run,
                            lambda n, ld=loader: LimitedLoader(ld, n), args.batch_size)
@@ -289,5 +286,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    np.seterr(all="ignore")
     sys.exit(main())

@@ -39,13 +39,13 @@ from common import (
     run_interleaved,
     setup_runtime,
     spread,
+    train_loader,
     training_set,
     warm_teacher_cache,
     write_json,
 )
 
 from kdlab import models
-from kdlab.data import TensorLoader
 from kdlab.distillation import DistillationLoss
 from kdlab.engine.objectives import SupervisedObjective
 
@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(dataset) > args.train_size:  # real CIFAR-100: the first --train-size samples (cache fill time)
         dataset = dataset.subset(torch.arange(args.train_size))
     num_classes, shape = dataset.num_classes, (dataset.in_channels, args.image_size, args.image_size)
-    loader = TensorLoader(dataset, args.batch_size, shuffle=True, drop_last=True, augment=True, seed=0,
-                          channels_last=args.channels_last, fixed_augmentation=True)
+    loader = train_loader(dataset, args.batch_size, args.channels_last, fixed_augmentation=True)
 
     def student() -> torch.nn.Module:
         torch.manual_seed(0)
