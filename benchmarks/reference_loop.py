@@ -18,6 +18,11 @@ with a warm teacher-output cache (`--cache-teacher`, which needs fixed augmentat
 for all epochs), reported with its own check because it trains on less varied inputs than the reference.
 The reference's DataLoader workers persist across repeats and warm-up steps are excluded, so its worker
 start-up is never counted against it.
+The arithmetic ceiling section puts the target in terms of the hardware: each loop's FLOPs per image (counted by
+torch.utils.flop_counter on one reference step: teacher forward + student forward and backward) times its rate is
+the GFLOP/s it sustains; a large fp32 matrix product measured in the same run is the CPU's practical fp32 peak.
+When 2x the reference needs more than that peak, no fp32 loop doing the same arithmetic can reach the target
+here: only less arithmetic (native bf16, a cached teacher) can.
 
     python benchmarks/reference_loop.py --quick                       # < 2 minutes, checks the script
     python benchmarks/reference_loop.py --threads 2 --data-root ../shared/data --json reference.json
@@ -62,6 +67,7 @@ from common import (
 )
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from kdlab import models
@@ -226,15 +232,58 @@ def kd_objective(teacher, student, dataset, args: argparse.Namespace, channels_l
     return objective
 
 
+# ------------------------------------------------------------------------------------------------ ceiling
+def step_flops_per_image(teacher_name: str, student_name: str, args: argparse.Namespace, dataset) -> float:
+    """FLOPs of one reference KD step per image: teacher forward + student forward and backward."""
+    teacher = models.create(teacher_name, dataset.num_classes, image_size=args.image_size).eval()
+    student = models.create(student_name, dataset.num_classes, image_size=args.image_size)
+    images = torch.randn(args.batch_size, dataset.in_channels, args.image_size, args.image_size)
+    with FlopCounterMode(display=False) as counter:
+        with torch.no_grad():
+            teacher(images)
+        student(images).sum().backward()
+    return counter.get_total_flops() / args.batch_size
+
+
+def fp32_matmul_peak(repeats: int, size: int = 2048, products: int = 4) -> list[float]:
+    """GFLOP/s of a large fp32 matrix product, one value per repeat: the CPU's practical fp32 peak (on the
+    benchmark's clock, so it compares with the loops' rates under --clock cpu too)."""
+    import common
+
+    clock = time.process_time if common.CLOCK == "cpu" else time.perf_counter
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up: thread pool and caches
+    rates = []
+    for _ in range(repeats):
+        start = clock()
+        for _ in range(products):
+            a @ b
+        rates.append(products * 2 * size ** 3 / (clock() - start) / 1e9)
+    return rates
+
+
+def ceiling_rows(results: list[dict], peak: float) -> list[list]:
+    """Per pair: the reference's sustained GFLOP/s, what 2x of it needs, and that as a share of the fp32 peak."""
+    rows = []
+    for r in results:
+        sustained = r["baseline_median"] * r["flops_per_image"] / 1e9
+        needed = TARGET * sustained
+        rows.append([f"{r['teacher']} -> {r['student']}", f"{r['flops_per_image'] / 1e9:.3f}",
+                     f"{sustained:.0f}", f"{needed:.0f}", f"{needed / peak:.2f}",
+                     "yes" if needed <= peak else "no: above the fp32 peak"])
+    return rows
+
+
 def bench_pair(teacher: str, student: str, args: argparse.Namespace, dataset) -> dict:
     log(f"{teacher} -> {student}:")
+    flops = step_flops_per_image(teacher, student, args, dataset)
     cases = pair_cases(teacher, student, args, dataset)
     run_interleaved(list(cases.values()), args.repeats, args.warmup, args.iters, log)
     references = {name: c for name, c in cases.items() if name.startswith("reference")}
     # The baseline per repeat is the fastest reference variant of that repeat: the strictest comparison.
     baseline = [max(rates) for rates in zip(*(c.rates for c in references.values()))]
     return {
-        "teacher": teacher, "student": student,
+        "teacher": teacher, "student": student, "flops_per_image": flops,
         "cases": {name: {"median": c.median, "spread_pct": spread(c.rates), "raw": case_record(c)}
                   for name, c in cases.items()},
         "baseline_images_per_s": baseline,
@@ -277,11 +326,17 @@ def main(argv: list[str] | None = None) -> int:
             checks.append([f"{best} KD / fastest reference, {r['teacher']}->{r['student']}",
                            f">= {TARGET:.1f}x", f"{ratio:.2f}x", "met" if ratio >= TARGET else "NOT met"])
     print(markdown_table(["check", "target", "measured", "status"], checks))
+    peak_rates = fp32_matmul_peak(args.repeats)
+    peak = statistics.median(peak_rates)
+    print(f"\n## Arithmetic ceiling (fp32 matrix product {peak:.0f} GFLOP/s, median of {len(peak_rates)})\n")
+    print(markdown_table(["teacher -> student", "GFLOP per image", "reference GFLOP/s", f"{TARGET:.0f}x needs GFLOP/s",
+                          "share of fp32 peak", f"{TARGET:.0f}x possible in fp32"], ceiling_rows(results, peak)))
     elapsed = time.perf_counter() - started
     print(f"\n(benchmark took {elapsed:.0f} s)")
     write_json(args.json, {"benchmark": "reference_loop",
                            "args": {k: v for k, v in vars(args).items() if k != "pairs"},
-                           "environment": env, "results": results, "seconds": elapsed})
+                           "environment": env, "results": results,
+                           "fp32_matmul_gflops": peak_rates, "seconds": elapsed})
     return 0
 
 

@@ -57,3 +57,47 @@ def test_reference_loop_quick_run_writes_results(reference_loop, tmp_path, capsy
     assert all(ratio > 0 for ratio in result["speedup"].values())
     targets = capsys.readouterr().out.split("## Targets")[1]
     assert "kdlab channels_last, cached teacher KD / fastest reference" in targets
+
+
+def analytic_forward_flops(model: torch.nn.Module, shape) -> float:
+    """2 x multiply-adds of every Conv2d and Linear for one image, from the layer shapes (hooks record sizes)."""
+    total = []
+
+    def hook(module, inputs, output):
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total.append(2 * k * output[0].numel())
+        else:
+            total.append(2 * module.in_features * module.out_features)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d,
+                                                                                         torch.nn.Linear))]
+    with torch.no_grad():
+        model(torch.zeros(1, *shape))
+    for h in handles:
+        h.remove()
+    return float(sum(total))
+
+
+def test_reference_step_flops_are_teacher_forward_plus_three_student_forwards(reference_loop):
+    from argparse import Namespace
+
+    from kdlab import models
+
+    dataset = Namespace(num_classes=10, in_channels=3)
+    args = Namespace(image_size=16, batch_size=4)
+    counted = reference_loop.step_flops_per_image("resnet20", "resnet8", args, dataset)
+    teacher = analytic_forward_flops(models.create("resnet20", 10, image_size=16).eval(), (3, 16, 16))
+    student = analytic_forward_flops(models.create("resnet8", 10, image_size=16), (3, 16, 16))
+    # Backward = grad input + grad weight = 2 forwards, except the first conv's grad input (the images).
+    assert teacher + 2.9 * student < counted <= teacher + 3 * student
+
+
+def test_arithmetic_ceiling_rows_by_hand(reference_loop):
+    results = [{"teacher": "t", "student": "s", "baseline_median": 100.0, "flops_per_image": 0.5e9},
+               {"teacher": "T", "student": "S", "baseline_median": 40.0, "flops_per_image": 3e9}]
+    # 100 img/s x 0.5 GFLOP = 50 GFLOP/s sustained, 2x needs 100 of a 150 peak; 40 x 3 = 120, 2x needs 240
+    assert reference_loop.ceiling_rows(results, peak=150.0) == [
+        ["t -> s", "0.500", "50", "100", "0.67", "yes"],
+        ["T -> S", "3.000", "120", "240", "1.60", "no: above the fp32 peak"]]
+
