@@ -402,3 +402,24 @@ def test_report_tabulates_mutual_learning_cohorts_per_student(sweep, tmp_path):
     mean, std = statistics.mean(values), statistics.stdev(values)
     assert row(table, "dml").endswith(f"| {mean:.2f} ± {std:.2f} ({mean - base:+.2f}) [n=2] |")
     assert "3 finished runs; 1 of them deep-mutual-learning cohorts" in report and "copies" not in report
+
+
+def test_cpu_long_schedule_sweep_reuses_the_protocol_teacher(tmp_path):
+    """configs/sweeps/cpu-cifar100-24ep.yaml: the 10-epoch protocol's recipe scaled to 24 epochs, its teacher."""
+    main_file = yaml.safe_load((REPO / "configs" / "sweeps" / "cpu-cifar100.yaml").read_text())
+    sweep = load_sweep(REPO / "configs" / "sweeps" / "cpu-cifar100-24ep.yaml", out=str(tmp_path / "long"))
+    main = load_sweep(REPO / "configs" / "sweeps" / "cpu-cifar100.yaml", out=str(tmp_path / "cpu"))
+    teacher = next(r for r in main.runs if r.kind == "teacher")
+    long_file = yaml.safe_load((REPO / "configs" / "sweeps" / "cpu-cifar100-24ep.yaml").read_text())
+    assert long_file["teachers"]["resnet20"]["checkpoint"] == f"{main_file['out']}/{teacher.name}/best.pt"
+    assert long_file["out"] != main_file["out"]  # the 10-epoch runs keep their directories
+    students = {r.name.split("/")[-2] if r.kind == "distill" else r.kind: r for r in sweep.runs
+                if r.kind in ("distill", "baseline")}
+    assert set(students) == {"baseline", "kd", "dkd", "dist", "crd"}
+    for run in students.values():
+        short = next(r for r in main.runs if r.name == run.name)  # the same run of the 10-epoch protocol
+        assert (run.config.optim.epochs, run.config.optim.milestones) == (24, [15, 18, 21])
+        assert (short.config.optim.epochs, short.config.optim.milestones) == (10, [6, 8, 9])
+        assert run.config.methods == short.config.methods or run.name.endswith("dkd/s0")
+        assert (run.config.data.fraction, run.config.precision, run.config.model) == (0.1, "fp32", "resnet8")
+    assert students["dkd"].config.methods["dkd"]["warmup"] == 2  # 20 of 240 epochs
