@@ -18,9 +18,9 @@ with a warm teacher-output cache (`--cache-teacher`, which needs fixed augmentat
 for all epochs), reported with its own check because it trains on less varied inputs than the reference.
 The reference's DataLoader workers persist across repeats and warm-up steps are excluded, so its worker
 start-up is never counted against it.
-The arithmetic ceiling section puts the target in terms of the hardware: each loop's FLOPs per image (counted by
-torch.utils.flop_counter on one reference step: teacher forward + student forward and backward) times its rate is
-the GFLOP/s it sustains; a large fp32 matrix product measured in the same run is the CPU's practical fp32 peak.
+The arithmetic ceiling section puts the target in terms of the hardware: the reference step's FLOPs per image
+(counted by torch.utils.flop_counter: teacher forward + student forward and backward) times the reference's rate
+is the GFLOP/s it sustains; a large fp32 matrix product measured in the same run is the CPU's practical fp32 peak.
 When 2x the reference needs more than that peak, no fp32 loop doing the same arithmetic can reach the target
 here: only less arithmetic (native bf16, a cached teacher) can.
 
