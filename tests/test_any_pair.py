@@ -1,4 +1,4 @@
-"""Every method on the issue's cross-architecture pairs (seed 003 left these cells empty): builds its
+"""Every method on cross-architecture pairs (the cells published KD tables leave empty): builds its
 connectors from probed shapes, runs its init stage (if any) and a main-phase step, and trains the student
 without touching the teacher."""
 

@@ -78,7 +78,7 @@ def test_bad_input_is_one_line_without_traceback(args, message, capsys, tmp_path
 
 
 def test_teacher_of_other_data_is_rejected(teacher_run, tmp_path, capsys):
-    state = torch.load(teacher_run / "best.pt", weights_only=False)
+    state = torch.load(teacher_run / "best.pt", weights_only=True)
     state["arch"]["num_classes"] = 100
     torch.save(state, tmp_path / "wrong.pt")
     code, _, err = run(["distill", "--teacher", str(tmp_path / "wrong.pt"), "--student", "resnet8", "--method", "kd",
@@ -101,28 +101,19 @@ def test_python_m_kdlab_entry_point():
     assert proc.returncode == 0 and "kd" in proc.stdout
 
 
-def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
-    from kdlab.engine.trainer import Trainer
-
+def test_resume_matches_uninterrupted_run(tmp_path, interrupt_in_epoch):
     common = ["train", "--model", "resnet8", "--data", "digits", "--batch-size", "128", "--quiet", "--deterministic",
               "--seed", "3", "--epochs", "3", "data.fraction=0.3"]
     assert main([*common, "--out", str(tmp_path / "full")]) == 0
 
-    original = Trainer.train_epoch
-
-    def killed_in_epoch_3(self, epoch):
-        if epoch == 3:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", killed_in_epoch_3)
+    interrupt_in_epoch(3)
     assert main([*common, "--out", str(tmp_path / "part")]) == 130
-    assert torch.load(tmp_path / "part" / "last.pt", weights_only=False)["epoch"] == 2
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    assert torch.load(tmp_path / "part" / "last.pt", weights_only=True)["epoch"] == 2
+    interrupt_in_epoch(None)
     assert main([*common, "--out", str(tmp_path / "part"), "--resume"]) == 0
 
-    full = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
-    resumed = torch.load(tmp_path / "part" / "last.pt", weights_only=False)
+    full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "part" / "last.pt", weights_only=True)
     assert resumed["epoch"] == 3
     for key, value in full["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
@@ -139,3 +130,77 @@ def test_checkpoints_of_wrapped_models_have_plain_keys():
     model = create("resnet8", 10, in_channels=1, image_size=8)
     compiled = torch.compile(model)  # wrapping only; nothing is compiled until it runs
     assert unwrap(compiled) is model and unwrap(nn.DataParallel(model)) is model and unwrap(model) is model
+
+
+def _config(argv):
+    from kdlab.cli import build_parser, config_from_args
+
+    args, extra = build_parser().parse_known_args(argv)  # key=value anywhere, as kdlab.cli.main takes them
+    args.overrides = [*args.overrides, *extra]
+    return config_from_args(args)
+
+
+def test_flag_and_key_value_that_disagree_are_refused(capsys, tmp_path):
+    code, _, err = run(["train", "--data", "digits", "--out", str(tmp_path / "x"), "--lr", "0.1", "optim.lr=0.001"],
+                       capsys)
+    assert code == 2 and "--lr 0.1 and optim.lr=0.001 both set optim.lr" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+    code, _, err = run(["distill", "--student", "resnet8", "--data", "digits", "--method", "kd", "--teacher", "t.pt",
+                        "model=resnet20"], capsys)
+    assert code == 2 and "--student resnet8 and model=resnet20" in err
+    # The same value twice is no conflict.
+    assert _config(["train", "--lr", "0.1", "optim.lr=1e-1", "--epochs", "2", "optim.epochs=2"]).optim.lr == 0.1
+
+
+def test_init_epochs_is_refused_for_methods_without_an_init_stage(capsys):
+    for spec in ("kd", "FN", "kd+at"):
+        code, _, err = run(["distill", "--student", "resnet8", "--data", "digits", "--method", spec, "--teacher",
+                            "t.pt", "--init-epochs", "5"], capsys)
+        assert code == 2 and "has no init stage" in err and "ab, fsp, ft, mhgd" in err, err
+    code, _, err = run(["distill", "--student", "resnet8", "--data", "digits", "--method", "kd", "--teacher", "t.pt",
+                        "init_epochs=5"], capsys)
+    assert code == 2 and "has no init stage" in err
+    for spec in ("ft", "kd+ab"):
+        assert _config(["distill", "--method", spec, "--init-epochs", "5"]).init_epochs == 5
+    assert _config(["distill", "--method", "kd", "--init-epochs", "0"]).init_epochs == 0  # nothing to refuse
+
+
+def test_method_names_of_other_command_lines(teacher_run, tmp_path, capsys):
+    config = _config(["distill", "--method", "KD+FN", "method.FN.weight=50", "method.KD.temperature=2"])
+    assert config.method == "kd+fitnet" and config.methods == {"fitnet": {"weight": 50}, "kd": {"temperature": 2}}
+    for spelling, name in (("AT", "at"), ("NST", "nst"), ("RKD", "rkd"), ("SP", "sp"), ("OD", "od"), ("fn", "fitnet")):
+        assert _config(["distill", "--method", spelling]).method == name
+    code, _, err = run(["distill", "--teacher", str(teacher_run / "best.pt"), "--student", "resnet8", "--method", "FN",
+                        "--out", str(tmp_path / "fn"), *FAST], capsys)
+    assert code == 0, err
+    assert "method: fitnet" in (tmp_path / "fn" / "config.yaml").read_text()
+    code, out, _ = run(["list", "methods"], capsys)
+    assert "(also FN)" in out
+
+
+def test_report_names_a_corrupt_config_yaml(teacher_run, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "runs" / "teacher"
+    shutil.copytree(teacher_run, run_dir)
+    (run_dir / "config.yaml").write_text("model: resnet8\noptim: {lr: [0.1,\n")
+    code, _, err = run(["report", str(tmp_path / "runs")], capsys)
+    assert code == 2 and f"{run_dir / 'config.yaml'} is not valid YAML" in err, err
+    assert "summary.json" not in err and len(err.strip().splitlines()) == 1
+    (run_dir / "config.yaml").write_text("- just\n- a list\n")
+    code, _, err = run(["report", str(tmp_path / "runs")], capsys)
+    assert code == 2 and "holds no mapping" in err
+
+
+def test_report_names_a_corrupt_summary_json(teacher_run, tmp_path, capsys):
+    import shutil
+
+    run_dir = tmp_path / "runs" / "teacher"
+    shutil.copytree(teacher_run, run_dir)
+    (run_dir / "summary.json").write_text('{"arch": {"model": "res')
+    code, _, err = run(["report", str(tmp_path / "runs")], capsys)
+    assert code == 2 and f"{run_dir / 'summary.json'} is not a valid summary" in err, err
+    assert "no summary.json yet" not in err and len(err.strip().splitlines()) == 1
+    assert main(["train", "--out", str(run_dir), "--resume", "--quiet"]) == 0  # the fix the message names
+    code, out, err = run(["report", str(tmp_path / "runs")], capsys)
+    assert code == 0 and "resnet8" in out, err

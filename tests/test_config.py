@@ -67,3 +67,43 @@ def test_dump_round_trip(tmp_path):
     cfg.dump(c, tmp_path / "c.yaml")
     again = cfg.build([cfg.load_yaml(tmp_path / "c.yaml")])
     assert cfg.to_dict(again) == cfg.to_dict(c)
+
+
+# ----------------------------------------------------------------------------------- through the kdlab command
+def _cli(args, capsys):
+    from kdlab.cli import main
+
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_exponent_numbers_from_key_value_and_yaml_file(tmp_path, capsys):
+    # PyYAML (YAML 1.1) reads 5e-4 as a string; Python's float() and YAML 1.2 read it as a number.
+    (tmp_path / "c.yaml").write_text("optim:\n  weight_decay: 5e-4\n  lr: '1e-2'\n  milestones: [1e0, 2]\n")
+    code, _, err = _cli(["train", "--config", str(tmp_path / "c.yaml"), "--data", "digits", "--epochs", "1",
+                         "--quiet", "--out", str(tmp_path / "run"), "data.fraction=0.3", "optim.gamma=1e-1",
+                         "data.batch_size=1.28e2"], capsys)
+    assert code == 0, err
+    saved = cfg.load_yaml(tmp_path / "run" / "config.yaml")
+    assert saved["optim"]["weight_decay"] == 5e-4 and saved["optim"]["lr"] == 1e-2 and saved["optim"]["gamma"] == 0.1
+    assert saved["optim"]["milestones"] == [1, 2] and saved["data"]["batch_size"] == 128
+    assert cfg.parse_overrides(["method.od.weight=1e-4"]) == {"methods": {"od": {"weight": 1e-4}}}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--threads", "-1"], "threads must be at least 1, got -1"),
+    (["--threads", "0"], "threads must be at least 1, got 0"),
+    (["optim.momentum=1"], "optim.momentum must be in [0, 1), got 1.0"),
+    (["optim.momentum=-0.1"], "optim.momentum must be in [0, 1)"),
+    (["optim.milestones=[180,150]"], "optim.milestones must be increasing"),
+    (["optim.milestones=[150,150]"], "without repeats"),
+    (["optim.epochs=1e400"], "needs a whole number"),
+    (["optim.lr=5e-4x"], "needs a number, got '5e-4x'"),
+    (["data.unreadable=skp"], "did you mean 'skip'"),
+])
+def test_bad_numbers_are_one_line(extra, message, tmp_path, capsys):
+    code, _, err = _cli(["train", "--data", "digits", "--out", str(tmp_path / "run"), *extra], capsys)
+    assert code == 2 and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -1,4 +1,4 @@
-"""Tests for kdlab.data: real-format files written here, plus the shared real datasets when present."""
+"""Tests for kdlab.data: real-format files written here, plus the real datasets in $KDLAB_DATA when present."""
 
 from __future__ import annotations
 
@@ -20,9 +20,6 @@ from kdlab.data.digits import DIGITS_MEAN, DIGITS_STD, digits_split
 from kdlab.data.memory import InMemoryDataset, TensorLoader, shard_positions
 from kdlab.errors import KdlabError
 
-SHARED = Path("/work/shared/data")
-SHARED_CIFAR100 = SHARED / "cifar-100-python"
-SHARED_MNIST = SHARED / "MNIST" / "raw"
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -151,15 +148,9 @@ def test_cifar100_written_fine_and_coarse(tmp_path: Path) -> None:
     assert (info.num_classes, info.train_size, info.class_names[0]) == (20, 300, "coarse0")
 
 
-@pytest.fixture(scope="module")
-def shared_cifar100() -> tuple[InMemoryDataset, InMemoryDataset]:
-    if not (SHARED_CIFAR100 / "train").is_file():
-        pytest.skip(f"shared CIFAR-100 not present at {SHARED_CIFAR100}")
-    return data.load("cifar100", SHARED), data.load("cifar100", SHARED, train=False)
-
-
-def test_shared_cifar100(shared_cifar100: tuple[InMemoryDataset, InMemoryDataset]) -> None:
-    train, test = shared_cifar100
+@pytest.mark.real_data("cifar100")
+def test_real_cifar100(real_data_root: Path) -> None:
+    train, test = data.load("cifar100", real_data_root), data.load("cifar100", real_data_root, train=False)
     assert (len(train), len(test), train.num_classes) == (50000, 10000, 100)
     assert train.class_names[:3] == ["apple", "aquarium_fish", "baby"]
     assert torch.bincount(train.targets, minlength=100).tolist() == [500] * 100
@@ -170,10 +161,9 @@ def test_shared_cifar100(shared_cifar100: tuple[InMemoryDataset, InMemoryDataset
     assert torch.allclose(pixels.std((0, 2, 3)), torch.tensor(train.std, dtype=torch.float64), atol=2e-3)
 
 
-def test_shared_cifar100_coarse() -> None:
-    if not (SHARED_CIFAR100 / "test").is_file():
-        pytest.skip(f"shared CIFAR-100 not present at {SHARED_CIFAR100}")
-    coarse = data.load("cifar100", SHARED, train=False, coarse=True)
+@pytest.mark.real_data("cifar100")
+def test_real_cifar100_coarse(real_data_root: Path) -> None:
+    coarse = data.load("cifar100", real_data_root, train=False, coarse=True)
     assert coarse.num_classes == 20 and coarse.class_names[0] == "aquatic_mammals"
     assert torch.bincount(coarse.targets, minlength=20).tolist() == [500] * 20
 
@@ -327,11 +317,10 @@ def test_fashion_mnist_root_then_debian_location(tmp_path: Path, monkeypatch: py
     assert len(data.load("fashion-mnist", tmp_path / "root")) == 5  # the root wins over Debian's copy
 
 
-def test_shared_mnist() -> None:
-    if not (SHARED_MNIST / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"shared MNIST not present at {SHARED_MNIST}")
-    train = data.load("mnist", SHARED)
-    test = data.load("mnist", SHARED, train=False)
+@pytest.mark.real_data("mnist")
+def test_real_mnist(real_data_root: Path) -> None:
+    train = data.load("mnist", real_data_root)
+    test = data.load("mnist", real_data_root, train=False)
     assert (len(train), len(test)) == (60000, 10000)
     # Published MNIST facts: the first training digit is a 5; per-class training counts.
     assert int(train.targets[0]) == 5

@@ -143,3 +143,75 @@ def test_teacher_free_method_needs_no_teacher():
     x, y = batch()
     loss, terms = loss_fn(x, y)
     assert set(terms) == {"ce", "tfkd_virtual"} and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("method", ["kdsvd", "mhgd"])
+@pytest.mark.parametrize("epoch", [1, 3])
+def test_clipped_gradient_bound_uses_the_zero_indexed_epoch(method, epoch):
+    # KD-SVD / MHGD (authors' TF code): the distillation gradient of each parameter is clipped to
+    # ‖∇CE‖·sigmoid(e) with e the 0-indexed epoch, so kdlab's epoch 1 gets sigmoid(0) = 0.5.
+    teacher, student = make_pair()
+    loss_fn = DistillationLoss(teacher, student, method=method, input_shape=(1, 8, 8), weight=1e8,
+                               taps={"student": TAPS, "teacher": TAPS})
+    loss_fn.set_phase("main")
+    loss_fn.train()
+    x, y = batch()
+    out = loss_fn(x, y, epoch=epoch)
+    out.backward()
+    params = [p for p in student.parameters() if p.grad is not None]
+    got = [p.grad.clone() for p in params]
+    # The CE gradient on its own, from the same train-mode forward (BN uses batch statistics).
+    ce = loss_fn.ce_weight * nn.functional.cross_entropy(student(x).float(), y)
+    g_ce = torch.autograd.grad(ce, params, allow_unused=True)
+    bound = float(torch.sigmoid(torch.tensor(float(epoch - 1))))
+    clipped = 0
+    for g, gm in zip(got, g_ce, strict=True):
+        if gm is None:
+            continue
+        excess = (g - gm).norm()
+        if float(excess) == 0.0:  # no distillation gradient reaches this parameter (the classifier)
+            continue
+        # weight 1e8 makes every distillation gradient exceed the bound; float32 sums -> rel 1e-4
+        assert float(excess) == pytest.approx(bound * float(gm.norm()), rel=1e-4)
+        clipped += 1
+    assert clipped >= 2
+
+
+def test_srd_dist_method_defaults_to_raw_logits_and_offers_softmax():
+    # The method's term equals the pure loss on the method's own inputs, raw logits unless softmax=true.
+    teacher, student = make_pair()
+    x, y = batch()
+    for hp, softmax in (({}, False), ({"softmax": True, "temperature": 4.0}, True)):
+        loss_fn = DistillationLoss(teacher, student, method="srd_dist", input_shape=(1, 8, 8),
+                                   taps={"student": TAPS, "teacher": TAPS}, **hp)
+        loss_fn.eval()
+        method = loss_fn.methods[0]
+        seen = []
+        method.register_forward_hook(lambda mod, args, out, seen=seen: seen.append(args[0]))
+        _, terms = loss_fn(x, y)
+        b = seen[0]
+        with torch.no_grad():
+            pooled = method.transformed(b)
+            ref = L.srd_dist(pooled, b.teacher["embedding"], method.cross_logits(pooled), b.teacher_logits,
+                             softmax=softmax, temperature=hp.get("temperature", 1.0))
+        assert float(terms["srd_dist"]) == pytest.approx(float(ref), rel=1e-6)
+    with pytest.raises(KdlabError, match="softmax=true"):
+        DistillationLoss(teacher, student, method="srd_dist", input_shape=(1, 8, 8),
+                         taps={"student": TAPS, "teacher": TAPS}, temperature=4.0)
+
+
+def test_kdsvd_svd_failure_is_one_kdlab_error_naming_the_shapes(monkeypatch):
+    # float32 eigh can fail to converge on C x C Gram matrices of tiny maps (a VGG teacher's 512 x 1 x 1
+    # stages on 8x8 digits); whether LAPACK fails depends on the build, so the failure is simulated here.
+    teacher, student = make_pair()
+    loss_fn = DistillationLoss(teacher, student, method="kdsvd", input_shape=(1, 8, 8),
+                               taps={"student": TAPS, "teacher": TAPS})
+
+    def fail(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+
+    monkeypatch.setattr(L, "kdsvd", fail)
+    x, y = batch()
+    with pytest.raises(KdlabError, match=r"stage1 \(4, 8, 8\) -> stage1 \(16, 8, 8\).*data.image_size") as info:
+        loss_fn(x, y)
+    assert "\n" not in str(info.value)

@@ -63,11 +63,16 @@ def _dataset(n: int, train: bool) -> InMemoryDataset:
     return InMemoryDataset("tiny", images.to(torch.uint8), targets, 4, list("abcd"), (0.3,), (0.3,), train=train)
 
 
+def _initial_models() -> tuple[TinyNet, TinyNet]:
+    """Teacher and student as every rank (and the reference) builds them: the same initial weights."""
+    torch.manual_seed(0)
+    return TinyNet(), TinyNet()
+
+
 def _train_tiny(method: str, run_dir: Path, ctx=None) -> None:
     """2 epochs of `method` distillation of a TinyNet, on `ctx`'s shard of the global batch."""
     world, rank = (ctx.world_size, ctx.rank) if ctx is not None else (1, 0)
-    torch.manual_seed(0)
-    teacher, student = TinyNet(), TinyNet()
+    teacher, student = _initial_models()
     objective = DistillationLoss(teacher, student, method=method, taps=TAPS, input_shape=(1, 8, 8), ce_weight=1.0)
     config = Config()
     config.optim.epochs, config.optim.lr, config.optim.schedule = 2, 0.1, "constant"
@@ -135,23 +140,39 @@ def _close(a: float, b: float, tol: float = 1e-5) -> bool:
     return abs(a - b) <= tol * max(1.0, abs(a), abs(b))
 
 
-# KD agrees to float rounding. KD-SVD's eigendecompositions amplify rounding differences of the two batch splits
-# over 16 steps to ~1e-3; without averaging its hand-made gradients across ranks the gap is >1e-1 (checked).
-@pytest.mark.parametrize("method, tol", [("kd", 1e-5), ("kdsvd", 5e-3)])
-def test_two_processes_train_like_one_on_the_same_global_batch(engine_runs, method, tol):
+# KD is smooth in its inputs: the two batch splits agree to float32 rounding, 1.5e-6 of the update (bound 1e-4).
+# KD-SVD is not: the student vector matched per sample (argmax |cosine|), the teacher vector's sign and the
+# clip branch (norm > bound) are discrete, and a rounding difference that flips one of them moves that step by
+# a finite amount. Perturbing the initial weights by 1e-7, 1e-6 or 1e-5 (relative; float32's ulp is 6e-8) moved
+# the final weights by at most 2.1% of their change over the run, ||a - b|| / ||a - a0|| per tensor (18 draws):
+# it saturates (a few flips), so other CPUs' rounding lands in that range (AVX512: 1.2% of max|w|). Summing
+# instead of averaging the hand-made gradients (a world-size factor of 2) moves every tensor by 48-55%.
+# Bound 10%: 5x above the rounding spread, 5x below that bug. Metrics: losses and NLL within 5% (spread <= 0.6%;
+# the bug moves the epoch-1 loss by 26%); top-1 and ECE, percent of 101 or 256 images, within 1 point.
+TOLERANCES = {"kd": {"update": 1e-4, "loss": 1e-5, "percent": 1e-3},
+              "kdsvd": {"update": 0.1, "loss": 5e-2, "percent": 1.0}}
+
+
+@pytest.mark.parametrize("method", ["kd", "kdsvd"])
+def test_two_processes_train_like_one_on_the_same_global_batch(engine_runs, method):
+    tol = TOLERANCES[method]
     one, two = (r / method for r in engine_runs)
     ref, got = read_metrics(one), read_metrics(two)
     assert [r["epoch"] for r in got] == [1, 2] == [r["epoch"] for r in ref]
-    keys = ["train_loss", "train_loss_ce", f"train_loss_{method}", "train_top1", "test_top1", "test_nll", "test_ece"]
     for r, g in zip(ref, got, strict=True):
-        for key in keys:
-            assert _close(r[key], g[key], tol), (method, r["epoch"], key, r[key], g[key])
+        for key in ["train_loss", "train_loss_ce", f"train_loss_{method}", "test_nll"]:
+            assert _close(r[key], g[key], tol["loss"]), (method, r["epoch"], key, r[key], g[key])
+        for key in ["train_top1", "test_top1", "test_ece"]:
+            assert abs(r[key] - g[key]) <= tol["percent"], (method, r["epoch"], key, r[key], g[key])
     assert ref[-1]["test_top1"] > 25.0 + 10  # it learned something: the comparison is not between two no-ops
-    a = torch.load(one / "last.pt", weights_only=False)["model"]
-    b = torch.load(two / "last.pt", weights_only=False)["model"]
-    assert a.keys() == b.keys()  # saved unwrapped: no 'module.' prefix
+    a = torch.load(one / "last.pt", weights_only=True)["model"]
+    b = torch.load(two / "last.pt", weights_only=True)["model"]
+    start = _initial_models()[1].state_dict()
+    assert a.keys() == b.keys() == start.keys()  # saved unwrapped: no 'module.' prefix
     for name in a:
-        assert float((a[name] - b[name]).abs().max()) <= 2 * tol * float(a[name].abs().max()) + 1e-7, name
+        update = float((a[name] - start[name]).norm())
+        assert update > 0, name  # every tensor trained: the bound below is not vacuous
+        assert float((a[name] - b[name]).norm()) <= tol["update"] * update, (name, update)
     # Every one of the 101 test images counted exactly once over the 2 uneven shards.
     bins = json.loads((two / "reliability.json").read_text())["models"][""]["count"]
     assert sum(bins) == 101
@@ -196,7 +217,7 @@ def test_torchrun_train_writes_one_run_that_kdlab_eval_confirms(torchrun_run, ca
     records = read_metrics(run)
     assert [r["epoch"] for r in records] == [1]  # logged once, not once per rank
     assert records[0]["lr"] == pytest.approx(0.05 * WORLD)  # optim.scale_lr
-    state = torch.load(run / "best.pt", weights_only=False)
+    state = torch.load(run / "best.pt", weights_only=True)
     assert len(state["rng_ranks"]) == WORLD and not any(k.startswith("module.") for k in state["model"])
     # The same weights on the full test set in one process: the reduced metrics are that model's metrics.
     _, test_loader, info = build_loaders("digits", test_batch_size=100)
@@ -214,19 +235,20 @@ def test_torchrun_run_resumes_in_two_processes_and_in_one(torchrun_run, tmp_path
     run = tmp_path / "t2p"
     shutil.copytree(torchrun_run / "t2p", run)
     first = read_metrics(run)[0]
-    resumed = torchrun(["train", "--model", "resnet8", "--epochs", "2", "--resume", "--out", str(run), *FAST], tmp_path)
+    resumed = torchrun(["train", "--model", "resnet8", "--epochs", "1", "--extend-to", "2", "--resume", "--out",
+                        str(run), *FAST], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     records = read_metrics(run)
     assert [r["epoch"] for r in records] == [1, 2] and records[0] == first
     assert records[1]["train_loss"] < first["train_loss"]  # continued from the trained weights, not from scratch
-    assert torch.load(run / "last.pt", weights_only=False)["epoch"] == 2
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 2
     # The 2-process checkpoint continues in one process (the data order follows the new world size); the
     # scaled LR follows the new world size too.
-    assert main(["train", "--model", "resnet8", "--epochs", "3", "--resume", "--out", str(run), *FAST]) == 0
+    assert main(["train", "--model", "resnet8", "--extend-to", "3", "--resume", "--out", str(run), *FAST]) == 0
     final = read_metrics(run)
     assert [r["epoch"] for r in final] == [1, 2, 3] and final[:2] == records
     assert [r["lr"] for r in final] == pytest.approx([0.1, 0.1, 0.05])
-    assert torch.load(run / "last.pt", weights_only=False)["epoch"] == 3
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 3
 
 
 def test_torchrun_distill_with_kd(torchrun_run, tmp_path):

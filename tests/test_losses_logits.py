@@ -138,7 +138,7 @@ def r_gap(f: list) -> list[list[float]]:
 
 def close(value: torch.Tensor, ref: float, rel: float = 1e-9, abs_: float = 1e-12) -> None:
     assert value.dim() == 0
-    assert float(value) == pytest.approx(ref, rel=rel, abs=abs_)
+    assert float(value.detach()) == pytest.approx(ref, rel=rel, abs=abs_)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -369,6 +369,64 @@ def test_dist_gradient_only_to_student():
     assert t.grad is None and s.grad.abs().sum() > 0
 
 
+def _degenerate_batches():
+    """(student, teacher) logits whose centred rows or columns are zero (up to the rounding of the mean)."""
+    one = (rand(33, 1, 5), rand(34, 1, 5))  # batch of 1: every column is constant
+    row_s, row_t = rand(35, 1, 5), rand(36, 1, 5)
+    same = (row_s.expand(2, 5).clone(), row_t.expand(2, 5).clone())  # collapsed batch on both sides
+    half = (row_s.expand(2, 5).clone(), rand(37, 2, 5))  # duplicated student rows only
+    flat = (torch.zeros(3, 5), rand(38, 3, 5))  # constant rows: zero centred rows
+    return {"batch of 1": one, "identical rows": same, "student rows identical": half, "constant rows": flat}
+
+
+# A float64 mean of equal entries may be off by an ulp (~4e-16 for logits of size 3), which leaves a "zero"
+# centred vector of norm <= ~1e-15 and rho <= 1e-15 * |y - ȳ| (<= 10) / eps (1e-8) ~ 1e-6 (times tau^2 <= 16
+# on softmax outputs, whose ulp is 10x smaller); the pure-Python reference rounds its own way.
+DEGENERATE_ABS = 2e-6
+
+
+@pytest.mark.parametrize("case", list(_degenerate_batches()))
+@pytest.mark.parametrize("temp", [1.0, 4.0])
+def test_dist_value_and_gradient_finite_on_degenerate_batches(case, temp):
+    s, t = _degenerate_batches()[case]
+    inter, intra = r_dist_terms(s.tolist(), t.tolist(), temp)
+    for fn in (lambda a, b: dist(a, b, temperature=temp), lambda a, b: sum(dist_terms(a, b, temperature=temp))):
+        x = s.clone().requires_grad_()
+        value = fn(x, t)
+        close(value, inter + intra, rel=1e-9, abs_=DEGENERATE_ABS)
+        value.backward()
+        assert torch.isfinite(x.grad).all(), case
+
+
+@pytest.mark.parametrize("case", list(_degenerate_batches()))
+@pytest.mark.parametrize("softmax", [False, True])
+def test_srd_dist_value_and_gradient_finite_on_degenerate_batches(case, softmax):
+    cross, tl = _degenerate_batches()[case]
+    b = cross.shape[0]
+    fs, ft = rand(39, b, 3, 2, 2).requires_grad_(), rand(40, b, 3, 2, 2)
+    cross = cross.clone().requires_grad_()
+    value = srd_dist(fs, ft, cross, tl, softmax=softmax)
+    c, t = cross.tolist(), tl.tolist()
+    ref_sr = sum(r_dist_terms(c, t, 1.0) if softmax else r_pearson_terms(c, t))
+    close(value, r_mse(r_gap(fs.tolist()), r_gap(ft.tolist())) + ref_sr, rel=1e-9, abs_=DEGENERATE_ABS)
+    value.backward()
+    assert torch.isfinite(cross.grad).all() and torch.isfinite(fs.grad).all(), case
+
+
+def test_pearson_gradient_finite_at_zero_centred_vectors_and_matches_float64_elsewhere():
+    x = torch.zeros(2, 4, dtype=torch.float64, requires_grad=True)
+    y = rand(41, 2, 4)
+    p = pearson(x, y, dim=1)
+    assert torch.equal(p.detach(), torch.zeros(2, dtype=torch.float64))
+    p.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    # elsewhere autograd's gradient agrees with float64 finite differences
+    x = rand(42, 3, 6).requires_grad_()
+    y = rand(43, 3, 6)
+    assert torch.autograd.gradcheck(lambda a: pearson(a, y, dim=1), (x,))
+    assert torch.autograd.gradcheck(lambda a: pearson(a, y, dim=0), (x,))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Logit standardization
 
@@ -489,13 +547,45 @@ def test_srd_gradients_and_errors():
         srd(fs.detach(), ft.detach(), rand(3, 4, 6), tl.detach())
 
 
+def r_pearson_terms(s, t):
+    """(1 - mean row correlation, 1 - mean column correlation) of raw matrices: no softmax, no tau^2."""
+    b, k = len(s), len(s[0])
+    inter = 1 - sum(r_pearson(s[i], t[i]) for i in range(b)) / b
+    intra = 1 - sum(r_pearson([s[i][c] for i in range(b)], [t[i][c] for i in range(b)]) for c in range(k)) / k
+    return inter, intra
+
+
 @pytest.mark.parametrize("temp,beta,gamma,w", [(1.0, 1.0, 1.0, 1.0), (4.0, 2.0, 0.5, 10.0)])
-def test_srd_dist_matches_reference(temp, beta, gamma, w):
+def test_srd_dist_softmax_variant_matches_reference(temp, beta, gamma, w):
     fs, ft, cross, tl = _srd_inputs(51)
     ref_fm = r_mse(r_gap(fs.tolist()), r_gap(ft.tolist()))
     inter, intra = r_dist_terms(cross.tolist(), tl.tolist(), temp)
-    got = srd_dist(fs, ft, cross, tl, feature_weight=w, beta=beta, gamma=gamma, temperature=temp)
+    got = srd_dist(fs, ft, cross, tl, feature_weight=w, beta=beta, gamma=gamma, temperature=temp, softmax=True)
     close(got, w * ref_fm + beta * inter + gamma * intra)
+
+
+@pytest.mark.parametrize("beta,gamma,w", [(1.0, 1.0, 1.0), (2.0, 0.5, 10.0)])
+def test_srd_dist_default_is_authors_raw_logit_pearson(beta, gamma, w):
+    # SRDwithDIST's authors apply DIST's Pearson terms to the raw logits: no softmax, no temperature, no tau^2.
+    fs, ft, cross, tl = _srd_inputs(53)
+    ref_fm = r_mse(r_gap(fs.tolist()), r_gap(ft.tolist()))
+    inter, intra = r_pearson_terms(cross.tolist(), tl.tolist())
+    ref = w * ref_fm + beta * inter + gamma * intra
+    close(srd_dist(fs, ft, cross, tl, feature_weight=w, beta=beta, gamma=gamma), ref)
+    # differs from the softmax variant on the same inputs
+    soft = srd_dist(fs, ft, cross, tl, feature_weight=w, beta=beta, gamma=gamma, softmax=True)
+    assert abs(float(soft) - ref) > 1e-3
+    # Pearson is invariant to a positive scale of the logits, so a temperature would do nothing: refused
+    with pytest.raises(KdlabError, match="softmax=True"):
+        srd_dist(fs, ft, cross, tl, temperature=4.0)
+
+
+def test_srd_dist_raw_gradient_reaches_cross_logits_not_teacher():
+    fs, ft, cross, tl = _srd_inputs(55)
+    for x in (fs, cross, tl):
+        x.requires_grad_()
+    srd_dist(fs, ft, cross, tl).backward()
+    assert cross.grad.abs().sum() > 0 and fs.grad.abs().sum() > 0 and tl.grad is None
 
 
 # ---------------------------------------------------------------------------------------------------------

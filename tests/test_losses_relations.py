@@ -312,6 +312,32 @@ def test_svd_compress_pads_missing_vectors_and_keeps_gradient_finite():
         svd_compress(f, k=0)
 
 
+class _NoGrad(torch.autograd.Function):
+    """Identity whose backward returns None: the gradient reaching its input is undefined."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None
+
+
+def test_svd_compress_hook_passes_an_undefined_gradient_through():
+    f = _rand(2, 4, 3, 3, seed=36).requires_grad_()
+    vecs = svd_compress(f * 1.0, k=1)
+    # The only path from the loss to the hooked tensor is undefined, so autograd calls the hook with None;
+    # the direct term keeps the backward meaningful.
+    (_NoGrad.apply(vecs).sum() + f.sum()).backward()
+    assert torch.equal(f.grad, torch.ones_like(f))
+    # One output of several: the gradient of the other output's path is simply absent.
+    g = _rand(2, 4, 3, 3, seed=37).requires_grad_()
+    vecs, vals = svd_compress(g, k=2, with_values=True)
+    (grad,) = torch.autograd.grad(_NoGrad.apply(vecs).sum() + vals.sum(), g)
+    assert torch.isfinite(grad).all()
+
+
 def test_align_picks_largest_abs_cosine_and_flips_sign():
     teacher = svd_compress(_rand(4, 6, 3, 3, seed=35), k=1)  # (4, 1, 6)
     others = svd_compress(_rand(4, 6, 3, 3, seed=36), k=3)

@@ -46,27 +46,18 @@ def test_dml_and_dml_e_give_identical_student_gradients():
         assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_mutual_cli_heterogeneous_cohort_and_resume(tmp_path, monkeypatch):
-    from kdlab.engine.trainer import Trainer
-
+def test_mutual_cli_heterogeneous_cohort_and_resume(tmp_path, interrupt_in_epoch):
     args = ["mutual", "--models", "resnet8,wrn_16_1", "--data", "digits", "--epochs", "2", "--batch-size", "128",
             "--quiet", "data.fraction=0.3", "--out", str(tmp_path / "dml")]
-    original = Trainer.train_epoch
-
-    def killed_in_epoch_2(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", killed_in_epoch_2)
+    interrupt_in_epoch(2)
     assert main(args) == 130
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    interrupt_in_epoch(None)
     assert main(args + ["--resume"]) == 0
     records = [json.loads(line) for line in (tmp_path / "dml" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     for key in ("test_s0_resnet8_top1", "test_s1_wrn_16_1_top1", "test_ensemble_top1", "train_loss_s1_wrn_16_1_kl"):
         assert key in records[-1], key
-    state = torch.load(tmp_path / "dml" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "dml" / "last.pt", weights_only=True)
     assert set(state["models"]) == {"s0_resnet8", "s1_wrn_16_1", "ensemble"}
 
 

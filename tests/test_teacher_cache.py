@@ -1,4 +1,4 @@
-"""Issue 6: teacher-output caching (--cache-teacher) and fixed augmentation (data.fixed_augmentation).
+"""Teacher-output caching (--cache-teacher) and fixed augmentation (data.fixed_augmentation).
 
 End-to-end runs go through the `kdlab` command: on digits (no random augmentation, augment off) and on a
 tiny CIFAR-10 the test writes (crop + flip: fixed augmentation). Teacher forwards are counted with a
@@ -99,7 +99,7 @@ def losses(run: Path) -> list[dict]:
 
 
 def same_weights(a: Path, b: Path) -> None:
-    sa, sb = torch.load(a / "last.pt", weights_only=False), torch.load(b / "last.pt", weights_only=False)
+    sa, sb = torch.load(a / "last.pt", weights_only=True), torch.load(b / "last.pt", weights_only=True)
     assert sa["model"].keys() == sb["model"].keys()
     for name in sa["model"]:
         assert torch.equal(sa["model"][name], sb["model"][name]), name
@@ -155,7 +155,7 @@ def test_changed_teacher_or_fraction_invalidates(work, tmp_path, teacher_calls):
     assert sum(teacher_calls.values()) == 0  # same key: loaded from disk, no teacher forward at all
 
     # Same architecture, one weight changed: a new key, the teacher runs again, a second file.
-    state = torch.load(work / "t" / "last.pt", weights_only=False)
+    state = torch.load(work / "t" / "last.pt", weights_only=True)
     name = next(k for k, v in state["model"].items() if v.is_floating_point())
     state["model"][name] = state["model"][name] + 0.01
     torch.save(state, tmp_path / "edited.pt")

@@ -94,7 +94,7 @@ def distill(config: cfg.Config | dict[str, Any] | None = None, *,
     arch = {"model": type(student).__name__, "num_classes": num_classes, "in_channels": int(input_shape[0]),
             "image_size": int(input_shape[-1]), "data": "user"}
     trainer = Trainer(conf, loss_fn, train_batches, test_batches, run_dir, arch, device, quiet=True)
-    if resume:
+    if resume and (run_dir / "last.pt").exists():
         trainer.resume()
     cfg.dump(conf, run_dir / "config.yaml")
     summary = trainer.fit()

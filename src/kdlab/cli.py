@@ -25,7 +25,10 @@ def _common_run_args(p: argparse.ArgumentParser, model_flag: str = "--model") ->
     p.add_argument("--fraction", type=float, help="train on a stratified fraction of the data, e.g. 0.5")
     p.add_argument("--seed", type=int)
     p.add_argument("--out", help="run directory (default runs/<name>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt, with the "
+                   "settings it was started with (config.yaml); settings that change the run are refused")
+    p.add_argument("--extend-to", type=int, metavar="N", help="with --resume: train a run on to epoch N, keeping "
+                   "the LR of its schedule's last epoch for the added epochs")
     p.add_argument("--config", help="YAML config file; flags and key=value override it")
     p.add_argument("--channels-last", action="store_true", default=None)
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the trained model")
@@ -126,7 +129,7 @@ FLAG_KEYS = {  # argparse dest -> config key
     "deterministic": "deterministic", "device": "device", "threads": "threads", "teacher": "teachers",
     "teacher_model": "teacher_model", "teacher_weights": "teacher_weights", "method": "method",
     "ce_weight": "ce_weight", "init_epochs": "init_epochs", "teacher_mix": "teacher_mix",
-    "cache_teacher": "cache_teacher",
+    "cache_teacher": "cache_teacher", "extend_to": "optim.extend_to",
     "student_resolution": "data.student_resolution", "downscale": "data.downscale",
 }
 
@@ -134,20 +137,77 @@ FLAG_KEYS = {  # argparse dest -> config key
 def config_from_args(args: argparse.Namespace):
     from . import config as cfg
 
-    layers: list[dict[str, Any]] = []
+    layers: list[dict[str, Any]] = [_resumed_run_config(args)]
     if args.config:
         layers.append(cfg.load_yaml(args.config))
     flags = [f"{key}={_yaml(getattr(args, dest))}" for dest, key in FLAG_KEYS.items()
              if getattr(args, dest, None) is not None]
-    layers.append(cfg.parse_overrides(flags))
-    layers.append(cfg.parse_overrides(args.overrides))
-    return cfg.build(layers)
+    flag_layer, override_layer = cfg.parse_overrides(flags), cfg.parse_overrides(args.overrides)
+    _refuse_conflicts(args, cfg.flatten(flag_layer), cfg.flatten(override_layer))
+    layers += [flag_layer, override_layer]
+    config = cfg.build(layers)
+    if config.method:  # one spelling ('KD+FN' -> 'kd+fitnet') in run names, config.yaml and reports
+        from . import methods
+
+        config.method = methods.canonical_spec(config.method)
+        config.methods = methods.canonical_hparams(config.methods)
+        if getattr(args, "command", None) == "distill" and ("init_epochs" in flag_layer or
+                                                            "init_epochs" in override_layer):
+            methods.check_init_epochs(config.method, config.init_epochs)
+    return config
+
+
+def _refuse_conflicts(args: argparse.Namespace, flags: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """A flag and a key=value that set one key to different values: refuse, rather than one silently winning."""
+    dests = {key: dest for dest, key in FLAG_KEYS.items()}
+    for key, value in overrides.items():
+        if key in flags and flags[key] != value:
+            dest = dests[key]
+            flag = "--" + dest.replace("_", "-")
+            if dest == "model":
+                flag = {"distill": "--student", "mutual": "--models"}.get(getattr(args, "command", None), "--model")
+            given = getattr(args, dest)
+            flag_text = flag if given is True else f"{flag} {_yaml(given)}"
+            item = next((o for o in reversed(args.overrides) if o.split("=", 1)[0].strip() == key),
+                        f"{key}={value}")
+            raise KdlabError(f"{flag_text} and {item} both set {key}, to different values; give it once")
+
+
+def _resumed_run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """With --resume --out DIR: the run's saved config.yaml, under the flags given now (a bare
+    `--resume --out DIR` continues the run as it was started; kdlab.engine.trainer refuses changes)."""
+    from pathlib import Path
+
+    from . import config as cfg
+
+    saved = Path(args.out) / "config.yaml" if getattr(args, "resume", False) and args.out else None
+    if saved is None or not saved.is_file():
+        return {}
+    try:
+        return cfg.load_yaml(saved)
+    except KdlabError as exc:
+        raise KdlabError(f"cannot resume: {exc} (the run's saved settings); restore it or start a new run") from None
 
 
 def _yaml(value: Any) -> str:
     import json
 
     return json.dumps(value) if isinstance(value, (list, bool)) or value is None else str(value)
+
+
+def done_line(summary: dict[str, Any]) -> str:
+    """The last line of train/distill: best and last top-1, or that the student diverged."""
+    where = f"run directory {summary['run_dir']}"
+    diverged = summary.get("diverged_epochs") or []
+    best = (f"best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']})"
+            if summary.get("best_top1") is not None else "no finite evaluation")
+    if summary.get("diverged"):
+        return (f"done: diverged: the test outputs were NaN/inf in epoch {diverged[-1]} (the last); {best}; lower "
+                f"optim.lr or use --precision fp32; {where}")
+    note = f"; diverged in epoch(s) {', '.join(map(str, diverged))}" if diverged else ""
+    last = summary["last"].get("test_top1")
+    last_text = f"last top-1 {last:.2f}%" if last is not None else "no last-epoch metrics"
+    return f"done: {best}, {last_text}{note}; {where}"
 
 
 def cmd_list(what: str) -> None:
@@ -232,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             runner = run_train if args.command == "train" else run_distill
             summary = runner(config, resume=args.resume, quiet=args.quiet)
             if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, from rank 0
-                print(f"done: best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), last top-1 "
-                      f"{summary['last'].get('test_top1', float('nan')):.2f}%; run directory {summary['run_dir']}")
+                print(done_line(summary))
         elif args.command == "mutual":
             cmd_mutual(args)
         elif args.command == "eval":

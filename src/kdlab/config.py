@@ -8,6 +8,7 @@ Every key is validated: an unknown one is an error naming the closest valid key.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ class DataConfig:
     student_resolution: int | None = None  # cross-quality: the student sees this resolution
     downscale: int | None = None  # cross-quality: student resolution = image size // downscale
     student_resize_mode: str = "area"  # area | bilinear: how the student's view is downscaled
+    # imagefolder/imagenet: error = stop at the first unreadable image, naming it; check = decode every
+    # image before training and stop listing the bad ones; skip = the same pass, leaving them out
+    unreadable: str = "error"
 
 
 @dataclass
@@ -48,6 +52,9 @@ class OptimConfig:
     gamma: float = 0.1
     warmup_epochs: int = 0
     scale_lr: bool = False  # under torchrun: lr x WORLD_SIZE (linear scaling rule, docs/distributed.md)
+    # --extend-to N: train to epoch N although the schedule ends at `epochs`; epochs past it keep the LR of
+    # the schedule's last epoch (a constant tail), so a finished run can be extended with --resume.
+    extend_to: int | None = None
 
 
 @dataclass
@@ -88,6 +95,26 @@ class Config:
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("step", "cosine", "constant")
+UNREADABLE = ("error", "check", "skip")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `5e-4` and `1e3` as floats.
+
+    PyYAML follows YAML 1.1, whose floats need a dot and a signed exponent (`5.0e-4`), so `5e-4` stays a
+    string; YAML 1.2 and Python's float() read it as a number."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """`yaml.safe_load` with YAML 1.2 exponent floats (`5e-4`); use it for every config-like text."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: builds plain values only
 
 
 def recipe(data_name: str, model_name: str) -> dict[str, Any]:
@@ -117,7 +144,7 @@ def recipe(data_name: str, model_name: str) -> dict[str, Any]:
 def parse_value(text: str) -> Any:
     """A `key=value` value: YAML scalars/lists ("0.1", "true", "[1,2]", "null"), else the raw string."""
     try:
-        return yaml.safe_load(text)
+        return yaml_load(text)
     except yaml.YAMLError:
         return text
 
@@ -160,7 +187,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise KdlabError(f"config file '{path}' does not exist; check the --config path")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -227,9 +254,14 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
             return value
         raise KdlabError(f"config key '{key}' needs true or false, got {value!r}")
     if hint in (int, float):
+        if isinstance(value, str):  # a quoted number, or a literal YAML does not read as one ('1e-3')
+            try:
+                value = float(value) if hint is float or not value.strip().lstrip("+-").isdigit() else int(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise KdlabError(f"config key '{key}' needs a number, got {value!r}")
-        if hint is int and float(value) != int(value):
+        if hint is int and not float(value).is_integer():  # also refuses inf and nan
             raise KdlabError(f"config key '{key}' needs a whole number, got {value!r}")
         return hint(value)
     if hint is str:
@@ -249,6 +281,9 @@ def validate(config: Config) -> None:
                          f"{closest(config.optim.schedule, SCHEDULES)}")
     checks = [
         (config.optim.epochs >= 1, "optim.epochs must be at least 1"),
+        (config.optim.extend_to is None or config.optim.extend_to > config.optim.epochs,
+         f"--extend-to {config.optim.extend_to} must be above optim.epochs={config.optim.epochs} (the schedule's "
+         f"length): it trains a run longer"),
         (config.optim.lr > 0, "optim.lr must be positive"),
         (config.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (config.data.batch_size >= 1, "data.batch_size must be at least 1"),
@@ -270,6 +305,17 @@ def validate(config: Config) -> None:
         (not config.teacher_mix or all(w >= 0 for w in config.teacher_mix) and sum(config.teacher_mix) > 0,
          f"teacher_mix weights must be >= 0 with a positive sum, got {config.teacher_mix}; "
          "write e.g. teacher_mix=[0.7,0.3]"),
+        (config.threads is None or config.threads >= 1,
+         f"threads must be at least 1, got {config.threads}; pass e.g. --threads 4, or leave it out for torch's "
+         "default"),
+        (0 <= config.optim.momentum < 1,
+         f"optim.momentum must be in [0, 1), got {config.optim.momentum}; e.g. optim.momentum=0.9"),
+        (config.optim.milestones == sorted(set(config.optim.milestones)),
+         f"optim.milestones must be increasing epochs without repeats, got {config.optim.milestones}; "
+         f"write e.g. 'optim.milestones=[{','.join(map(str, sorted(set(config.optim.milestones))))}]'"),
+        (config.data.unreadable in UNREADABLE,
+         f"data.unreadable '{config.data.unreadable}' is not one of {', '.join(UNREADABLE)}"
+         f"{closest(config.data.unreadable, UNREADABLE)}; e.g. data.unreadable=skip"),
     ]
     for ok, message in checks:
         if not ok:
@@ -278,6 +324,18 @@ def validate(config: Config) -> None:
 
 def to_dict(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {"optim.lr": 0.05, ...}; lists and method hyperparameter dicts stay leaves
+    below `methods.<name>.`."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def dump(config: Config, path: str | Path) -> None:

@@ -309,11 +309,14 @@ class DistillationLoss(nn.Module):
         return terms
 
     def _clipped_backward(self, main: torch.Tensor, clipped: torch.Tensor, epoch: int, scale: float = 1.0) -> None:
-        """Gradients of `main` plus those of `clipped`, the latter clipped per parameter to ‖∇main‖·sigmoid(epoch).
+        """Gradients of `main` plus those of `clipped`, the latter clipped per parameter to ‖∇main‖·sigmoid(e).
 
-        KD-SVD and MHGD (METHODS.md §17, §18) bound the distillation gradient by the task gradient this way;
-        parameters without a task gradient (connectors) keep their distillation gradient as it is. `scale` is
-        the fp16 loss scale, applied to the final gradients so that the grad scaler can unscale them.
+        KD-SVD (Lee et al. 2018) and MHGD (Lee & Song 2019) bound the distillation gradient by the task one.
+        e is the 0-indexed epoch of the main phase (`epoch` - 1), as in the authors' code
+        (github.com/sseung0703/KD_methods_with_TF, github.com/sseung0703/MHGD), so the first epoch is bounded
+        at sigmoid(0) = 0.5·‖∇main‖. Parameters without a task gradient (connectors) keep their distillation
+        gradient as it is. `scale` is the fp16 loss scale, applied to the final gradients so that the grad
+        scaler can unscale them.
         Inside a process group (DDP) both gradients are averaged over ranks before clipping: autograd.grad
         bypasses DDP's reducer, and clipping the global batch's gradients matches a 1-process run.
         """
@@ -322,7 +325,7 @@ class DistillationLoss(nn.Module):
         params = list(self.trainable_parameters())
         g_main = average_gradients(torch.autograd.grad(main, params, retain_graph=True, allow_unused=True))
         g_clip = average_gradients(torch.autograd.grad(clipped, params, allow_unused=True))
-        bound_scale = float(torch.sigmoid(torch.tensor(float(epoch))))
+        bound_scale = float(torch.sigmoid(torch.tensor(float(epoch - 1))))  # 0-indexed epoch, as the authors
         for p, gm, gc in zip(params, g_main, g_clip, strict=True):
             if gc is not None and gm is not None:
                 bound = gm.norm() * bound_scale

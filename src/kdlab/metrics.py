@@ -42,6 +42,11 @@ class EvalResult:
     bin_confidence: list[float]
     bin_accuracy: list[float]
     bin_count: list[int]
+    nonfinite: int = 0  # samples whose logits held NaN or inf: the model diverged, its numbers are NaN
+
+    @property
+    def diverged(self) -> bool:
+        return self.nonfinite > 0
 
     def as_dict(self, prefix: str = "test_") -> dict[str, float]:
         return {f"{prefix}top1": self.top1, f"{prefix}top5": self.top5, f"{prefix}nll": self.nll,
@@ -54,13 +59,14 @@ class ClassificationMeter:
     def __init__(self, num_classes: int, n_bins: int = ECE_BINS):
         self.num_classes = num_classes
         self.n_bins = n_bins
-        # [count, correct1, correct5, nll_sum, conf_sum[bins], acc_sum[bins], bin_count[bins]]
-        self.state = torch.zeros(4 + 3 * n_bins, dtype=torch.float64)
+        # [count, correct1, correct5, nll_sum, conf_sum[bins], acc_sum[bins], bin_count[bins], nonfinite]
+        self.state = torch.zeros(5 + 3 * n_bins, dtype=torch.float64)
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         logits = logits.detach().float()
         targets = targets.to(logits.device)
         nll = F.cross_entropy(logits, targets, reduction="sum")
+        self.state[-1] += float((~torch.isfinite(logits)).any(dim=1).sum())
         self._add(logits.softmax(dim=1), targets, logits, float(nll))
 
     def update_probs(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
@@ -83,22 +89,26 @@ class ClassificationMeter:
         s[3] += nll
         s[4 : 4 + n] += torch.bincount(bins, weights=conf, minlength=n)
         s[4 + n : 4 + 2 * n] += torch.bincount(bins, weights=correct, minlength=n)
-        s[4 + 2 * n :] += torch.bincount(bins, minlength=n).double()
+        s[4 + 2 * n : 4 + 3 * n] += torch.bincount(bins, minlength=n).double()
 
     def compute(self) -> EvalResult:
         n = self.n_bins
         s = self.state
         count = max(float(s[0]), 1.0)
-        conf_sum, acc_sum, bin_count = s[4 : 4 + n], s[4 + n : 4 + 2 * n], s[4 + 2 * n :]
+        conf_sum, acc_sum, bin_count = s[4 : 4 + n], s[4 + n : 4 + 2 * n], s[4 + 2 * n : 4 + 3 * n]
         ece = float((conf_sum - acc_sum).abs().sum() / count)
         nonempty = bin_count.clamp_min(1)
+        nonfinite = int(s[-1])
+        # A top-1 of NaN logits is an artefact of argmax's tie-breaking, not an accuracy.
+        scale = float("nan") if nonfinite else 100.0
         return EvalResult(
-            top1=100.0 * float(s[1]) / count,
-            top5=100.0 * float(s[2]) / count,
-            nll=float(s[3]) / count,
-            ece=100.0 * ece,
+            top1=scale * float(s[1]) / count,
+            top5=scale * float(s[2]) / count,
+            nll=float("nan") if nonfinite else float(s[3]) / count,
+            ece=scale * ece,
             count=int(s[0]),
             bin_confidence=(conf_sum / nonempty).tolist(),
             bin_accuracy=(acc_sum / nonempty).tolist(),
             bin_count=[int(c) for c in bin_count],
+            nonfinite=nonfinite,
         )

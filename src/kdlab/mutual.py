@@ -107,7 +107,7 @@ def run_mutual(config: Config, model_names: list[str], variant: str = "dml", res
     arch = {**arch_of(model_names[0], info), "cohort": model_names, "variant": variant}
     trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch, device, distributed=dist,
                       quiet=quiet)
-    summary = _fit(trainer, config, run_dir, resume)
+    summary = _fit(trainer, config, run_dir, resume and on_main(dist, (run_dir / "last.pt").exists))
     last = summary["last"]
     summary["students"] = {n: {k[len(f"test_{n}_"):]: v for k, v in last.items() if k.startswith(f"test_{n}_")}
                            for n in [*names, "ensemble"]}

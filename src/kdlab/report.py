@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from . import config as cfg
+from .engine.logging import read_metrics
 from .errors import KdlabError, closest
 
 METRICS = {"top1": "top-1 (%)", "top5": "top-5 (%)", "nll": "NLL", "ece": "ECE (%)"}
@@ -41,6 +43,8 @@ METHOD_KEYS = ("methods", "ce_weight", "init_epochs", "teacher_model", "teacher_
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (n-1; 0 for a single value)."""
     values = list(values)
+    if not values:
+        return math.nan, math.nan
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
@@ -103,7 +107,13 @@ class RunRecord:
         """The metrics line of the last epoch, or of the best test top-1 (first one, as the trainer picks)."""
         if epoch == "last":
             return self.metrics[-1]
-        return max(self.metrics, key=lambda r: (_number(r.get("test_top1")), -int(r.get("epoch", 0))))
+        finite = [r for r in self.metrics if math.isfinite(_number(r.get("test_top1")))] or self.metrics[-1:]
+        return max(finite, key=lambda r: (_number(r.get("test_top1")), -int(r.get("epoch", 0))))
+
+    def diverged(self, epoch: str) -> bool:
+        """Whether the chosen epoch's test outputs were not finite (the trainer logs its numbers as null)."""
+        record = self.at(epoch)
+        return bool(record.get("diverged")) or not math.isfinite(_number(record.get("test_top1")))
 
 
 def effective_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -141,18 +151,27 @@ def _read_json(path: Path) -> Any:
 
 
 def _read_run(run_dir: Path) -> RunRecord | None:
+    # A corrupt config.yaml is not an unfinished run: name the file instead of "no summary.json yet".
     try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return None
+        config = cfg.yaml_load((run_dir / "config.yaml").read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise KdlabError(f"{run_dir / 'config.yaml'} is not valid YAML{where}; restore it (kdlab writes it when a "
+                         f"run starts) or move the run out of the folders you report on") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KdlabError(f"{run_dir / 'config.yaml'} cannot be read ({getattr(exc, 'strerror', None) or exc}); "
+                         f"restore it or move the run out of the folders you report on") from None
+    if not isinstance(config, dict):
+        raise KdlabError(f"{run_dir / 'config.yaml'} holds no mapping of config keys (a {type(config).__name__}); "
+                         f"restore it or move the run out of the folders you report on")
     summary = _read_json(run_dir / "summary.json")
-    metrics = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []:
-        try:
-            metrics.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    if not isinstance(config, dict) or not isinstance(summary, dict) or not metrics:
+    if (run_dir / "summary.json").is_file() and not isinstance(summary, dict):
+        raise KdlabError(f"{run_dir / 'summary.json'} is not a valid summary (corrupt JSON); rebuild it with "
+                         f"`kdlab train/distill ... --out {run_dir} --resume` or move the run out of the folders "
+                         f"you report on")
+    metrics = read_metrics(run_dir)
+    if not isinstance(summary, dict) or not metrics:
         return None
     return RunRecord(run_dir, config, summary, metrics)
 
@@ -278,7 +297,11 @@ class Cell:
     baseline_differs: bool = False  # the only baseline there is was trained with other settings
 
     def values(self, metric: str, epoch: str) -> list[float]:
-        return [_number(r.at(epoch).get(f"test_{metric}")) for r in self.runs]
+        """The runs' numbers; a diverged run has none, so no mean includes it."""
+        return [_number(r.at(epoch).get(f"test_{metric}")) for r in self.runs if not r.diverged(epoch)]
+
+    def diverged(self, epoch: str) -> int:
+        return sum(r.diverged(epoch) for r in self.runs)
 
     def stats(self, metric: str, epoch: str) -> tuple[float, float, int]:
         values = self.values(metric, epoch)
@@ -395,11 +418,14 @@ def format_cell(cell: Cell | None, metric: str, epoch: str) -> str:
     if cell is None:
         return "–"
     mean, std, n = cell.stats(metric, epoch)
+    diverged = cell.diverged(epoch)
+    if n == 0:
+        return f"diverged [n={diverged}]"
     text = _fmt(mean, metric) + (f" ± {_fmt(std, metric)}" if n > 1 else "")
     gain = cell.gain(metric, epoch)
-    if gain is not None:
+    if gain is not None and not math.isnan(gain):
         text += f" ({'+' if gain >= 0 else '-'}{_fmt(abs(gain), metric)}{'*' if cell.baseline_differs else ''})"
-    return f"{text} [n={n}]"
+    return f"{text} [n={n}{f', {diverged} diverged' if diverged else ''}]"
 
 
 def _params(value: int | None) -> str:
@@ -459,7 +485,7 @@ def _markdown_block(title: str, legend: str, corner: str, heads: list[str], tabl
 
 
 CSV_FIELDS = ("data", "fraction", "teacher", "teacher_params", "student", "student_params", "method", "epoch",
-              "metric", "mean", "std", "n", "gain", "runs")
+              "metric", "mean", "std", "n", "diverged", "gain", "runs")
 
 
 def csv_rows(table: Table, metrics: list[str], epochs: list[str]) -> list[dict[str, Any]]:
@@ -478,6 +504,7 @@ def csv_rows(table: Table, metrics: list[str], epochs: list[str]) -> list[dict[s
                                  "teacher_params": table.params.get(column.teacher) if column.teacher else "",
                                  "student": column.student, "student_params": table.params.get(column.student),
                                  "method": label, "epoch": epoch, "metric": metric, "mean": mean, "std": std, "n": n,
+                                 "diverged": cell.diverged(epoch),
                                  "gain": "" if gain is None else gain,
                                  "runs": ";".join(str(r.run_dir) for r in cell.runs)})
     return rows

@@ -51,16 +51,40 @@ def setup_runtime(config: Config, distributed: Context | None = None) -> torch.d
     return device
 
 
+# What kdlab writes in a run directory (docs/architecture.md); anything else there is the user's.
+RUN_FILES = frozenset({"config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json", "reliability.json",
+                       "tb", "init", "calibration.png", "calibration.md"})
+
+
 def prepare_run_dir(out: str | None, default_name: str, resume: bool) -> Path:
-    """The run directory; an existing run is never overwritten (resume it, or choose another --out)."""
+    """The run directory. A run is never overwritten (resume it, or choose another --out), nor is a folder
+    kdlab did not make; a run killed before its first checkpoint holds nothing to keep and starts again."""
     run_dir = Path(out) if out else Path("runs") / default_name
-    has_run = any((run_dir / name).exists() for name in ("last.pt", "metrics.jsonl", "init/last.pt"))
-    if resume:
-        if not has_run:
-            raise KdlabError(f"nothing to resume in '{run_dir}' (no last.pt); drop --resume to start a new run")
-    elif has_run:
+    for parent in [run_dir, *run_dir.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise KdlabError(f"--out '{run_dir}' is not a folder: '{parent}' is a file; choose another --out")
+    has_run = any((run_dir / name).is_file() for name in ("last.pt", "init/last.pt"))
+    if has_run and not resume:
         raise KdlabError(f"'{run_dir}' already holds a run; pass --resume to continue it or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if not has_run:
+        entries = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+        foreign = [name for name in entries if name not in RUN_FILES and not name.endswith(".tmp")]
+        if foreign or "best.pt" in entries:
+            shown = ", ".join((foreign or ["best.pt"])[:5]) + (" ..." if len(foreign) > 5 else "")
+            raise KdlabError(f"--out '{run_dir}' is not empty and holds no kdlab run to resume (it has {shown}); "
+                             f"choose a new or empty --out")
+        if resume and not entries:
+            raise KdlabError(f"nothing to resume in '{run_dir}' (no last.pt); drop --resume to start a new run")
+        if entries:
+            print(f"kdlab: '{run_dir}' holds a run stopped before its first checkpoint; starting it again",
+                  file=sys.stderr)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KdlabError(f"cannot create --out '{run_dir}' ({exc.strerror}); choose a folder you can write to") \
+            from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise KdlabError(f"--out '{run_dir}' is not writable; choose a folder you can write to")
     return run_dir
 
 
@@ -71,7 +95,8 @@ def build_data(config: Config, device: torch.device, distributed: Context | None
         d.name, root=d.root, batch_size=d.batch_size, test_batch_size=d.test_batch_size, fraction=d.fraction,
         seed=config.seed, augment=d.augment, workers=d.workers,
         num_replicas=distributed.world_size if distributed else 1, rank=distributed.rank if distributed else 0,
-        device=str(device), channels_last=config.channels_last, coarse=d.coarse, image_size=d.image_size)
+        device=str(device), channels_last=config.channels_last, coarse=d.coarse, image_size=d.image_size,
+        unreadable=d.unreadable)
     if d.fixed_augmentation and d.augment:  # one crop/flip per sample for all epochs (deterministic teacher inputs)
         if not hasattr(train_loader, "fixed_augmentation"):
             raise KdlabError(f"data.fixed_augmentation works with in-memory datasets (CIFAR, MNIST, digits), not "
@@ -181,12 +206,15 @@ def run_train(config: Config, resume: bool = False, quiet: bool = False) -> dict
                  else LowResolutionObjective(maybe_compile(model, config), view))
     trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch_of(config.model, info, view),
                       device, eval_transform=view, distributed=dist, quiet=quiet)
-    return _fit(trainer, config, run_dir, resume)
+    return _fit(trainer, config, run_dir, resume and on_main(dist, (run_dir / "last.pt").exists))
 
 
 def _fit(trainer: Trainer, config: Config, run_dir: Path, resume: bool) -> dict[str, Any]:
     if resume:
         trainer.resume()
+        if trainer.start_epoch > trainer.epochs and trainer.is_main:
+            print(f"kdlab: the run in '{run_dir}' finished all {trainer.epochs} epochs; nothing to train (pass "
+                  f"--extend-to N to train it longer)", file=sys.stderr)
     if trainer.is_main:  # only rank 0 writes the run directory
         dump(config, run_dir / "config.yaml")
     summary = trainer.fit()
@@ -339,6 +367,7 @@ def run_init_stage(config: Config, objective, train_loader, test_loader, run_dir
     init_config.optim.epochs = epochs
     init_config.optim.schedule = "constant"
     init_config.optim.warmup_epochs = 0
+    init_config.optim.extend_to = None  # --extend-to lengthens the main stage only
     objective.set_phase("init")
     trainer = Trainer(init_config, objective, train_loader, test_loader, init_dir, arch, device,
                       distributed=distributed, quiet=quiet)

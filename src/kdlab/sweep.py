@@ -175,7 +175,7 @@ def load_sweep(path: str | Path, out: str | None = None, data_root: str | None =
     if not path.is_file():
         raise KdlabError(f"sweep file '{path}' does not exist; check the path")
     try:
-        spec = yaml.safe_load(path.read_text()) or {}
+        spec = cfg.yaml_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise where.error(f"not valid YAML{f' at line {mark.line + 1}' if mark else ''}; fix the syntax") from None
@@ -423,7 +423,7 @@ def run_state(run_dir: Path, config: cfg.Config) -> tuple[str, str]:
     saved = run_dir / "config.yaml"
     if saved.is_file():
         try:
-            diff = config_difference(yaml.safe_load(saved.read_text()) or {}, cfg.to_dict(config))
+            diff = config_difference(cfg.yaml_load(saved.read_text()) or {}, cfg.to_dict(config))
         except yaml.YAMLError:
             diff = "its config.yaml is unreadable"
         if diff:

@@ -153,6 +153,7 @@ def build_loaders(
     channels_last: bool = False,
     coarse: bool = False,
     image_size: int | None = None,
+    unreadable: str = "error",
 ) -> tuple[TensorLoader | FolderLoader, TensorLoader | FolderLoader, DataInfo]:
     """Train loader (shuffled, augmented, sharded with padding) and test loader (ordered, sharded without
     duplicates: ranks may differ by one sample, so reduce metric sums across ranks), plus :class:`DataInfo`.
@@ -166,8 +167,9 @@ def build_loaders(
         if coarse:
             raise KdlabError(f"coarse labels exist only for cifar100, not '{name}'; drop the coarse option")
         base = data_root(root)
-        train_set = IndexedImageFolder(base, True, image_size, fraction, seed, augment=augment, name=name)
-        test_set = IndexedImageFolder(base, False, image_size, name=name)
+        train_set = IndexedImageFolder(base, True, image_size, fraction, seed, augment=augment, name=name,
+                                       unreadable=unreadable)
+        test_set = IndexedImageFolder(base, False, image_size, name=name, unreadable=unreadable)
         if test_set.class_names != train_set.class_names:
             raise KdlabError(f"{train_set.root} and {test_set.root} have different class folders "
                              f"({train_set.num_classes} vs {test_set.num_classes}); give both the same classes")

@@ -7,7 +7,10 @@ same ``(images, targets, indices)`` form and the same (seed, epoch) ordering as 
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -18,7 +21,7 @@ from kdlab.data.memory import epoch_generator, shard_positions, shard_size
 from kdlab.errors import KdlabError
 
 __all__ = ["IndexedImageFolder", "FolderLoader", "IMAGENET_MEAN", "IMAGENET_STD", "train_transform",
-           "test_transform"]
+           "test_transform", "UnreadableImageError", "find_unreadable"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,6 +58,60 @@ def test_transform(
     ])
 
 
+UNREADABLE_MODES = ("error", "check", "skip")
+_UNREADABLE_FIX = ("replace or delete it, or set data.unreadable=skip to leave unreadable images out "
+                   "(data.unreadable=check finds them all before training)")
+
+
+class UnreadableImageError(KdlabError):
+    """An image file that cannot be decoded, named in one line.
+
+    A DataLoader worker's exception is re-raised in the main process as ``type(text)``, where ``text`` holds
+    the worker's whole traceback; its last line is ``<type>: <message>``, so the message is recovered."""
+
+    def __init__(self, message: str) -> None:
+        if "\nOriginal Traceback" in message:
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(message)
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or "no details"
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+# What a broken file raises: OSError (missing, truncated, UnidentifiedImageError), ValueError/SyntaxError
+# (malformed headers), DecompressionBombError (absurd sizes).
+def _decode_errors() -> tuple[type[BaseException], ...]:
+    from PIL import Image
+
+    return OSError, ValueError, SyntaxError, Image.DecompressionBombError
+
+
+def unreadable_reason(path: str | Path) -> str | None:
+    """Why ``path`` cannot be decoded, or None when it can.
+
+    PIL's ``verify()`` only parses the headers of a JPEG, so a truncated download passes it; this decodes
+    the whole file instead, JPEGs at 1/8 scale (``draft``), which still reads all of the compressed data."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.draft(image.mode, (1, 1))
+            image.load()
+    except _decode_errors() as exc:
+        return _reason(exc)
+    return None
+
+
+def find_unreadable(paths: Sequence[str | Path], threads: int | None = None) -> list[tuple[str, str]]:
+    """``(path, reason)`` of every file in ``paths`` that cannot be decoded, in the order of ``paths``."""
+    threads = threads or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=threads) as pool:  # PIL decodes without holding the GIL
+        reasons = list(pool.map(unreadable_reason, paths, chunksize=64))
+    return [(str(path), reason) for path, reason in zip(paths, reasons, strict=True) if reason is not None]
+
+
 def split_folder(name: str, root: Path, train: bool) -> Path:
     """The train/ or val/ folder for ``name``; imagenet also looks in ``<root>/imagenet``."""
     split = "train" if train else "val"
@@ -70,7 +127,9 @@ class IndexedImageFolder(Dataset):
     """ImageFolder returning ``(image, target, index)``; ``index`` is the position in the full split.
 
     ``fraction`` keeps a class-stratified seeded subset; ``augment`` selects the random training
-    transform (else the deterministic resize + center crop).
+    transform (else the deterministic resize + center crop). ``unreadable``: ``error`` stops at the first
+    image that cannot be decoded, naming it; ``check`` decodes every image first and stops naming the bad
+    ones; ``skip`` does the same pass and leaves them out.
     """
 
     def __init__(
@@ -82,8 +141,13 @@ class IndexedImageFolder(Dataset):
         seed: int = 0,
         augment: bool | None = None,
         name: str = "imagefolder",
+        unreadable: str = "error",
     ) -> None:
         from torchvision.datasets import ImageFolder
+
+        if unreadable not in UNREADABLE_MODES:
+            raise KdlabError(f"data.unreadable '{unreadable}' is not one of {', '.join(UNREADABLE_MODES)}; "
+                             f"e.g. data.unreadable=skip")
 
         self.name = name
         self.train = train
@@ -96,6 +160,8 @@ class IndexedImageFolder(Dataset):
         except (FileNotFoundError, RuntimeError) as e:
             first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise KdlabError(f"{self.root} holds no usable class folders ({first_line}); {_HINTS[name]}") from None
+        if unreadable != "error":
+            self._leave_out_unreadable(unreadable == "skip")
         self.class_names: list[str] = list(self.folder.classes)
         self.num_classes = len(self.class_names)
         self.in_channels = 3  # the default loader converts every image to RGB
@@ -106,12 +172,39 @@ class IndexedImageFolder(Dataset):
                         else stratified_subset(all_targets, fraction, seed))
         self.targets = all_targets[self.indices]
 
+    def _leave_out_unreadable(self, skip: bool) -> None:
+        """The up-front pass of data.unreadable=check|skip over every file of the split."""
+        samples = self.folder.samples
+        bad = find_unreadable([path for path, _ in samples])
+        if not bad:
+            return
+        path, reason = bad[0]
+        if len(bad) == len(samples):
+            raise KdlabError(f"none of the {len(samples)} images in {self.root} can be read, e.g. {path} ({reason}); "
+                             f"check that the folder holds image files")
+        if not skip:
+            raise KdlabError(f"{len(bad)} of the {len(samples)} images in {self.root} cannot be read, e.g. {path} "
+                             f"({reason}); replace or delete them, or set data.unreadable=skip to leave them out")
+        left_out = {p for p, _ in bad}
+        self.folder.samples = [s for s in samples if s[0] not in left_out]
+        self.folder.imgs = self.folder.samples
+        self.folder.targets = [target for _, target in self.folder.samples]
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one note from rank 0
+            print(f"kdlab: data.unreadable=skip: left out {len(bad)} unreadable image(s) of {self.root}, e.g. "
+                  f"{path} ({reason})", file=sys.stderr, flush=True)
+
     def __len__(self) -> int:
         return int(self.indices.numel())
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         index = int(self.indices[i])
-        image, target = self.folder[index]
+        path, target = self.folder.samples[index]
+        try:
+            image = self.folder.loader(path)
+        except _decode_errors() as exc:
+            raise UnreadableImageError(f"image {path} cannot be read ({_reason(exc)}); {_UNREADABLE_FIX}") from None
+        if self.folder.transform is not None:
+            image = self.folder.transform(image)
         return image, int(target), index
 
 

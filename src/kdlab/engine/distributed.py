@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -167,11 +168,35 @@ def process_group(fn: Callable[..., T]) -> Callable[..., T]:
             init_from_env(config.device)
         try:
             return fn(config, *args, **kwargs)
+        except RuntimeError as exc:
+            lost = peer_lost(exc) if owns else None
+            if lost is None:
+                raise
+            rank = os.environ.get("RANK", "?")
+            raise KdlabError(f"another torchrun process stopped, so rank {rank} cannot go on ({lost}); see that "
+                             f"process's output above for why, then rerun the command with --resume") from None
         finally:
             if owns:
                 shutdown()
 
     return wrapper
+
+
+# What gloo/nccl say when a peer process died or hung (gloo raises plain RuntimeErrors; newer errors are DistError).
+_PEER_LOST = re.compile(r"Connection (?:reset|closed) by peer|Broken pipe|Connection refused|Timed out waiting|"
+                        r"NCCL communicator was aborted|remote process exited|ProcessGroup\w* is aborted",
+                        re.IGNORECASE)
+
+
+def peer_lost(exc: BaseException) -> str | None:
+    """A short cause when `exc` says that another process of the group is gone, else None."""
+    text = str(exc)
+    match = _PEER_LOST.search(text)
+    if match:
+        return match.group(0)
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return f"{type(exc).__name__}: {' '.join(text.split())[:120]}"
+    return None
 
 
 # ----------------------------------------------------------------------------------------- decisions

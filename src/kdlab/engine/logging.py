@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,14 @@ class RunLogger:
                 self._writer = None
 
     def truncate_after(self, epoch: int) -> None:
-        """On resume, drop lines of epochs after the checkpoint (a killed run may have logged one more)."""
+        """On resume, drop lines of epochs after the checkpoint (a killed run may have logged one more, or
+        torn its last line); the file is replaced atomically, so a kill here loses nothing."""
         if not self.metrics_path.exists():
             return
-        keep = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("epoch", 0) <= epoch]
-        self.metrics_path.write_text("".join(line + "\n" for line in keep))
+        keep = [json.dumps(r) for r in read_metrics(self.run_dir) if r.get("epoch", 0) <= epoch]
+        tmp = self.metrics_path.with_name(f".{self.metrics_path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.metrics_path)
 
     def log(self, record: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
@@ -48,7 +51,16 @@ class RunLogger:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The epochs' lines of metrics.jsonl; a line a killed process left torn (not JSON) is skipped."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records

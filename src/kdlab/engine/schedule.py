@@ -15,6 +15,8 @@ def lr_factor(optim: OptimConfig) -> Callable[[int], float]:
     """
 
     def factor(epoch: int) -> float:
+        if epoch >= optim.epochs:  # optim.extend_to: the schedule's last LR, held constant
+            epoch = optim.epochs - 1
         if optim.warmup_epochs and epoch < optim.warmup_epochs:
             return (epoch + 1) / optim.warmup_epochs
         if optim.schedule == "step":
@@ -26,3 +28,8 @@ def lr_factor(optim: OptimConfig) -> Callable[[int], float]:
         return 1.0
 
     return factor
+
+
+def total_epochs(optim: OptimConfig) -> int:
+    """Epochs to train: `optim.epochs`, or `optim.extend_to` when a finished run is extended past them."""
+    return max(optim.epochs, optim.extend_to or 0)

@@ -4,7 +4,10 @@ Per epoch: set the LR, run the objective over the training batches (AMP, channel
 model the objective exposes, log one metrics.jsonl line, and write `last.pt` (and `best.pt`) atomically.
 A killed run continues from `last.pt` with `resume=True`; under `deterministic=True` it ends with the
 same weights as an uninterrupted run, because data order and augmentation depend only on (seed, epoch)
-and the RNG states are restored from the checkpoint.
+and the RNG states are restored from the checkpoint. A resume must ask for the run that was saved: settings
+that change its meaning are refused (`resume_conflicts`); only `optim.extend_to` may grow it, with a
+constant-LR tail (kdlab.engine.schedule). An epoch whose test outputs are not finite is marked diverged:
+its numbers are logged as null and it never becomes the best epoch.
 """
 
 from __future__ import annotations
@@ -20,15 +23,28 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import __version__
-from ..config import Config, to_dict
+from ..config import Config, flatten, to_dict
 from ..errors import KdlabError
 from ..reliability import save_bins
 from . import checkpoint as ckpt
 from .distributed import on_main, rank_seed, seed_rank, wrap_objective
 from .evaluate import evaluate
-from .logging import RunLogger
+from .logging import RunLogger, read_metrics
 from .precision import autocast, grad_scaler
-from .schedule import lr_factor
+from .schedule import lr_factor, total_epochs
+
+# Settings a resumed run may change: where and how fast it runs, not what it computes.
+RESUMABLE_KEYS = frozenset({
+    "out", "threads", "device", "log_every", "compile", "channels_last", "deterministic", "cache_dir",
+    "cache_max_gb", "data.root", "data.workers", "data.test_batch_size", "optim.extend_to",
+})
+
+
+def resume_conflicts(saved: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+    """`key: saved -> requested` for every setting that differs and would change the resumed run's meaning."""
+    old, new = flatten(saved), flatten(requested)
+    keys = sorted((set(old) | set(new)) - RESUMABLE_KEYS)
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in keys if old.get(key) != new.get(key)]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -75,8 +91,11 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(optim))
         self.scaler = grad_scaler(device, config.precision)
         self.start_epoch = 1
+        self.epochs = total_epochs(optim)
         self.best_top1 = -math.inf
         self.best_epoch = 0
+        self.last_record: dict[str, Any] = {}  # the latest epoch's metrics line (kept in the checkpoint)
+        self.diverged_epochs: list[int] = []
         self.last_eval: dict = {}  # model name -> EvalResult of the latest epoch
 
     # ----------------------------------------------------------------------------------------- state
@@ -98,6 +117,8 @@ class Trainer:
             "epoch": epoch,
             "best_top1": self.best_top1,
             "best_epoch": self.best_epoch,
+            "last_record": self.last_record,
+            "diverged_epochs": list(self.diverged_epochs),
             "config": to_dict(self.config),
         }
 
@@ -122,6 +143,11 @@ class Trainer:
         self.start_epoch = int(state["epoch"]) + 1
         self.best_top1 = float(state["best_top1"])
         self.best_epoch = int(state["best_epoch"])
+        self.diverged_epochs = [int(e) for e in state.get("diverged_epochs") or []]
+        self.last_record = dict(state.get("last_record") or {})
+        if not self.last_record and self.is_main:  # checkpoints of kdlab 0.1 kept it only in metrics.jsonl
+            lines = [r for r in read_metrics(self.run_dir) if r.get("epoch") == int(state["epoch"])]
+            self.last_record = lines[-1] if lines else {}
 
     def _restore_rng(self, state: dict[str, Any]) -> None:
         """Each rank gets its own saved RNG state back when the world size is unchanged; otherwise rank 0
@@ -141,25 +167,40 @@ class Trainer:
         if state.get("arch") != self.arch:
             raise KdlabError(f"'{path}' was written for {state.get('arch')}, not {self.arch}; resume with the "
                              f"same model and data, or choose another --out")
+        self.check_resume_config(state.get("config") or {}, int(state["epoch"]))
         self.load_state(state)
+
+    def check_resume_config(self, saved: dict[str, Any], done: int) -> None:
+        """Refuse a resume whose settings differ from the saved run's; `optim.extend_to` may only grow it."""
+        conflicts = resume_conflicts(saved, to_dict(self.config))
+        if conflicts:
+            hint = (" (to train a run longer, keep --epochs and pass --extend-to N)"
+                    if any(c.startswith("optim.epochs:") for c in conflicts) else "")
+            raise KdlabError(f"--resume asks for other settings than the run in '{self.run_dir}' was started with "
+                             f"({'; '.join(conflicts)}){hint}; resume with its settings (config.yaml), or start "
+                             f"a new run with another --out")
+        if self.epochs < done:
+            raise KdlabError(f"optim.extend_to={self.config.optim.extend_to} is below the {done} epochs the run in "
+                             f"'{self.run_dir}' has done; pass --extend-to N with N > {done}")
 
     # ----------------------------------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
-        cfg = self.config
         logger = RunLogger(self.run_dir) if self.is_main else None
         if logger is not None:
+            ckpt.remove_stale_temporaries(self.run_dir)
             logger.truncate_after(self.start_epoch - 1)
-        last: dict[str, Any] = {}
         try:
-            for epoch in range(self.start_epoch, cfg.optim.epochs + 1):
+            for epoch in range(self.start_epoch, self.epochs + 1):
                 record = self.train_epoch(epoch)
                 record.update(self.evaluate_all())
                 top1 = record["test_top1"]
-                is_best = top1 > self.best_top1
+                if record.get("diverged"):
+                    self.diverged_epochs.append(epoch)
+                is_best = math.isfinite(top1) and top1 > self.best_top1
                 if is_best:
                     self.best_top1, self.best_epoch = top1, epoch
                 record["best_top1"] = self.best_top1
-                last = record
+                self.last_record = record
                 # A collective: every rank hands its RNG state to rank 0, which saves them all.
                 rng_ranks = self.dist.all_gather_object(ckpt.rng_state()) if self.dist is not None else None
                 if self.is_main:
@@ -176,7 +217,7 @@ class Trainer:
         finally:
             if logger is not None:
                 logger.close()
-        summary = self.summary(last)
+        summary = self.summary(self.last_record)
         if self.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
@@ -192,7 +233,7 @@ class Trainer:
         seen = 0
         steps = 0
         start = time.perf_counter()
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{cfg.optim.epochs}", leave=False,
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{self.epochs}", leave=False,
                    disable=None if self.is_main and not self.quiet else True, dynamic_ncols=True)
         for images, targets, indices in bar:
             images = images.to(self.device, non_blocking=True)
@@ -258,6 +299,8 @@ class Trainer:
                               reduce)
             prefix = f"test_{name}_" if name else "test_"
             record.update(result.as_dict(prefix))
+            if result.diverged:
+                record["diverged"] = True
             self.last_eval[name] = result
         if "test_top1" not in record:  # a cohort: the first model's numbers are the headline
             first = next(iter(self.objective.eval_models()))
@@ -271,14 +314,21 @@ class Trainer:
         return {
             "arch": self.arch,
             "params": sum(p.numel() for p in primary.parameters()),
-            "epochs": self.config.optim.epochs,
-            "best_top1": self.best_top1,
+            "epochs": self.epochs,
+            "best_top1": self.best_top1 if math.isfinite(self.best_top1) else None,
             "best_epoch": self.best_epoch,
-            "last": {k: v for k, v in last.items() if k.startswith("test_")},
+            "last": {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+                     for k, v in last.items() if k.startswith("test_")},
+            "diverged": bool(last.get("diverged")),
+            "diverged_epochs": list(self.diverged_epochs),
         }
 
     @staticmethod
     def describe(record: dict[str, Any]) -> str:
+        if record.get("diverged"):
+            return (f"epoch {record['epoch']:>3}  lr {record['lr']:.4g}  loss {record['train_loss']:.4f}  "
+                    f"train {record['train_top1']:5.2f}%  test: diverged (non-finite outputs)  "
+                    f"{record['images_per_sec']:.0f} img/s")
         return (f"epoch {record['epoch']:>3}  lr {record['lr']:.4g}  loss {record['train_loss']:.4f}  "
                 f"train {record['train_top1']:5.2f}%  test top-1 {record['test_top1']:5.2f}%  "
                 f"top-5 {record['test_top5']:5.2f}%  ECE {record['test_ece']:5.2f}%  "

@@ -273,7 +273,12 @@ def dkd_warmup(epoch: int | float, warmup: int | float = 20) -> float:
 
 
 def pearson(x: Tensor, y: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
-    """Pearson correlation of x and y along ``dim``: <x-x̄, y-ȳ> / (|x-x̄| |y-ȳ| + eps) (DIST's ρ, §19)."""
+    """Pearson correlation of x and y along ``dim``: <x-x̄, y-ȳ> / (|x-x̄| |y-ȳ| + eps) (DIST's ρ, §19).
+
+    Finite gradient also where a centred vector is zero (a batch of 1, identical rows): the norms come
+    from ``vector_norm``, whose backward is 0 at the origin, as in the official DIST code (``Tensor.norm``;
+    github.com/hunto/DIST_KD); ``sqrt(sum(x²))`` would give inf·0 = NaN there.
+    """
     if x.shape != y.shape:
         raise KdlabError(f"pearson needs equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
     x = _f32(x)
@@ -281,7 +286,7 @@ def pearson(x: Tensor, y: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
     xc = x - x.mean(dim=dim, keepdim=True)
     yc = y - y.mean(dim=dim, keepdim=True)
     num = (xc * yc).sum(dim=dim)
-    den = xc.square().sum(dim=dim).sqrt() * yc.square().sum(dim=dim).sqrt() + eps
+    den = torch.linalg.vector_norm(xc, dim=dim) * torch.linalg.vector_norm(yc, dim=dim) + eps
     return num / den
 
 
@@ -483,18 +488,33 @@ def srd_dist(
     beta: float = 1.0,
     gamma: float = 1.0,
     temperature: float = 1.0,
+    softmax: bool = False,
 ) -> Tensor:
-    """"SRDwithDIST": feature_weight * L_FM + DIST(cross_logits, teacher_logits).
+    """"SRDwithDIST": feature_weight * L_FM + beta * L_inter + gamma * L_intra on the raw logits.
 
-    chitraz/KnowledgeDistillationForModelCompression (MSc project, seed 003): SRD with the MSE softmax-
-    regression term replaced by the correlation-based DIST loss (:func:`dist`, METHODS.md §19) between the
-    cross-network logits and the teacher logits, relaxing exact matching to matching relative rankings.
-    The FM term is SRD's pooled-feature MSE (:func:`srd_terms`); that repo's own FM on full maps is a
-    deviation (§20 d) not reproduced here.
+    SRD with the MSE softmax-regression term replaced by DIST's Pearson terms between the cross-network
+    logits and the teacher logits, relaxing exact matching to matching relative rankings; as its authors
+    define it (github.com/chitraz/KnowledgeDistillationForModelCompression, ``DISTV2`` in
+    ``scripts/KD_methods.py``: "do not do softmax"), on the *raw* logits, without temperature or tau^2:
+    L_inter = 1 - mean_i ρ(z^c_i,:, z^t_i,:), L_intra = 1 - mean_c ρ(z^c_:,c, z^t_:,c).
+    ``softmax=True`` uses :func:`dist` instead (softmax(z / temperature), tau^2 inside, as DIST; Huang et
+    al. 2022); ``temperature`` applies only then. The FM term is SRD's pooled-feature MSE (:func:`srd_terms`);
+    that repo's own FM on full maps is a deviation not reproduced here.
     """
     _check_pair("cross_logits", cross_logits, "teacher_logits", teacher_logits)
+    _check_temperature(temperature)
     fm = _srd_fm(student_features, teacher_features)
-    sr = dist(cross_logits, teacher_logits, beta=beta, gamma=gamma, temperature=temperature)
+    if softmax:
+        sr = dist(cross_logits, teacher_logits, beta=beta, gamma=gamma, temperature=temperature)
+    else:
+        if temperature != 1.0:
+            raise KdlabError(
+                f"srd_dist: temperature={temperature} has no effect on raw logits (Pearson is scale-invariant); "
+                "set softmax=True to use it, or leave temperature at 1"
+            )
+        zc = _f32(cross_logits)
+        zt = _f32(teacher_logits).detach()
+        sr = beta * (1.0 - pearson(zc, zt, dim=1).mean()) + gamma * (1.0 - pearson(zc, zt, dim=0).mean())
     return feature_weight * fm + sr
 
 

@@ -293,7 +293,10 @@ def mhgd(student_graphs: Tensor | Sequence[Tensor], teacher_graphs: Tensor | Seq
 # --------------------------------------------------------------------------------- SVD building blocks
 
 
-def _zero_nonfinite_grad(grad: Tensor) -> Tensor:
+def _zero_nonfinite_grad(grad: Tensor | None) -> Tensor | None:
+    # autograd calls tensor hooks with None when the gradient is undefined (e.g. a Function returning None)
+    if grad is None:
+        return None
     return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 

@@ -18,6 +18,9 @@ METHOD_MODULES = ("logit", "srd", "feature", "reviewkd", "relation", "crd", "two
 
 _REGISTRY: dict[str, type[Method]] = {}
 _loaded = False
+# Other spellings of registered names; names are also matched case-insensitively (`KD`, `AT`, `RKD`, `OD` are
+# the spellings of a widely used train.py/distill.py command line, where `FN` is FitNet).
+ALIASES = {"fn": "fitnet"}
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -43,11 +46,48 @@ def list_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def canonical(name: str) -> str:
+    """The registry name of `name`: lower-cased, aliases resolved ('FN' -> 'fitnet'); unknown names pass."""
+    key = str(name).strip().lower()
+    return ALIASES.get(key, key)
+
+
+def canonical_spec(spec: str) -> str:
+    """'KD+AT' -> 'kd+at', so run names, saved configs and reports use one spelling."""
+    return "+".join(canonical(part) for part in spec.split("+") if part.strip())
+
+
+def canonical_hparams(hparams: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """`{"KD": {...}, "fn": {...}}` -> `{"kd": {...}, "fitnet": {...}}` (spellings of one method merge)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for key, values in (hparams or {}).items():
+        if not isinstance(values, dict):
+            raise KdlabError(f"method.{key} needs named hyperparameters, e.g. method.{key}.weight=1.0")
+        merged.setdefault(canonical(key), {}).update(values)
+    return merged
+
+
+def aliases(name: str) -> list[str]:
+    """Other accepted spellings of registered method `name` (besides any upper/lower case)."""
+    return sorted(alias.upper() for alias, target in ALIASES.items() if target == name)
+
+
 def get(name: str) -> type[Method]:
     _load()
-    if name not in _REGISTRY:
-        raise unknown_name("method", name, _REGISTRY)
-    return _REGISTRY[name]
+    key = canonical(name)
+    if key not in _REGISTRY:
+        raise unknown_name("method", key, _REGISTRY)
+    return _REGISTRY[key]
+
+
+def check_init_epochs(spec: str, init_epochs: int | None) -> None:
+    """Refuse init_epochs > 0 for methods without an init stage (it would silently do nothing)."""
+    names = [canonical(part) for part in spec.split("+") if part.strip()]
+    if not init_epochs or not names or any(get(name).has_init_stage for name in names):
+        return
+    staged = ", ".join(n for n in list_methods() if _REGISTRY[n].has_init_stage)
+    raise KdlabError(f"--init-epochs {init_epochs} does nothing for method '{spec}': it has no init stage (these "
+                     f"have one: {staged}); drop --init-epochs")
 
 
 def create(name: str, **hparams: Any) -> Method:
@@ -57,8 +97,8 @@ def create(name: str, **hparams: Any) -> Method:
 
 def parse(spec: str, hparams: dict[str, dict[str, Any]] | None = None) -> list[Method]:
     """'kd+at' -> [KD(...), AT(...)], each with its own hyperparameters from `hparams[name]`."""
-    hparams = dict(hparams or {})
-    names = [part.strip() for part in spec.split("+") if part.strip()]
+    hparams = canonical_hparams(hparams)
+    names = [canonical(part) for part in spec.split("+") if part.strip()]
     if not names:
         raise KdlabError("no method given; pass --method NAME (e.g. kd, dkd, dist, or kd+at)")
     if len(set(names)) != len(names):
@@ -71,4 +111,5 @@ def parse(spec: str, hparams: dict[str, dict[str, Any]] | None = None) -> list[M
     return [create(name, **hparams.get(name, {})) for name in names]
 
 
-__all__ = ["Method", "BuildContext", "DistillBatch", "register", "create", "get", "list_methods", "parse"]
+__all__ = ["Method", "BuildContext", "DistillBatch", "register", "create", "get", "list_methods", "parse", "canonical",
+           "canonical_spec", "canonical_hparams", "aliases", "check_init_epochs"]

@@ -63,7 +63,8 @@ class Method(nn.Module):
     # Two-stage methods (FitNet hints, FT paraphraser, AB, FSP) train `init_modules` on `init_forward`'s loss
     # for `--init-epochs` epochs before the main phase (no cross-entropy in that stage).
     has_init_stage: ClassVar[bool] = False
-    # KD-SVD and MHGD clip their gradient per parameter to ‖∇CE‖·sigmoid(epoch) (METHODS.md §17, §18).
+    # KD-SVD and MHGD clip their gradient per parameter to ‖∇CE‖·sigmoid(epoch), epoch 0-indexed as in the
+    # authors' code (github.com/sseung0703/KD_methods_with_TF, .../MHGD), so 0.5·‖∇CE‖ in the first epoch.
     clip_to_ce: ClassVar[bool] = False
 
     def __init__(self, **hparams: Any):

@@ -6,7 +6,7 @@ table with `markdown_table()`).
 
 from __future__ import annotations
 
-from . import get, list_methods
+from . import aliases, get, list_methods
 
 # A CIFAR ResNet's tap table, used to show which taps a method reads on a typical model.
 _REFERENCE_POINTS = {
@@ -41,11 +41,12 @@ def describe(name: str) -> dict[str, str]:
 
 
 def text_listing() -> str:
-    lines = []
+    lines = ["method names are case-insensitive (KD, AT, RKD, ...)"]
     for name in list_methods():
         d = describe(name)
-        lines.append(f"{name:<13} {d['paper']}\n{'':<13} taps: student [{d['student']}], teacher [{d['teacher']}]"
-                     f"\n{'':<13} defaults: {d['defaults']}")
+        also = f" (also {', '.join(aliases(name))})" if aliases(name) else ""
+        lines.append(f"{name:<13} {d['paper']}{also}\n{'':<13} taps: student [{d['student']}], teacher "
+                     f"[{d['teacher']}]\n{'':<13} defaults: {d['defaults']}")
     return "\n".join(lines)
 
 

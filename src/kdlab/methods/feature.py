@@ -330,7 +330,8 @@ class KDSVD(_StageMethod):
     The original needs equal channels per stage; our extension (for any pair) maps a student stage with a
     different width through a 1x1 conv + BN connector (as the TF2 port's adaptors), keeping its spatial
     size; equal-width stages are used as they are. `clip_to_ce`: the engine clips this loss's gradient
-    per parameter to ‖∇CE‖·sigmoid(epoch), as the official code (missing in RepDistiller/mdistiller).
+    per parameter to ‖∇CE‖·sigmoid(epoch) with the official 0-indexed epoch (sigmoid(0) = 0.5 in the first
+    epoch), as the authors' code (missing in RepDistiller/mdistiller).
     Defaults: weight 1, k 1 (mdistiller `KDSVD.K 1`, `FEAT_WEIGHT 1.0`), CE 1.
     """
 
@@ -352,8 +353,20 @@ class KDSVD(_StageMethod):
 
     def forward(self, batch: DistillBatch) -> dict[str, torch.Tensor]:
         s, t = self.features(batch)
-        s = [conn(x) for conn, x in zip(self.connectors, s, strict=True)]
-        return {"kdsvd": losses.kdsvd(s, t, k=self.hp["k"])}
+        mapped = [conn(x) for conn, x in zip(self.connectors, s, strict=True)]
+        try:
+            return {"kdsvd": losses.kdsvd(mapped, t, k=self.hp["k"])}
+        except torch.linalg.LinAlgError:
+            # float32 eigh of a C x C Gram matrix of rank <= H*W can fail to converge when H*W << C (e.g. a
+            # VGG teacher's 512-channel 1x1 maps on 8x8 digits): name the shapes, not a LAPACK traceback.
+            pairs = ", ".join(f"{sn} {tuple(x.shape[1:])} -> {tn} {tuple(y.shape[1:])}"
+                              for sn, tn, x, y in zip(self.student_stages, self.teacher_stages, s, t, strict=True))
+            worst = min(t, key=lambda y: y.shape[-2] * y.shape[-1] / y.shape[1])
+            raise KdlabError(
+                f"kdsvd: the SVD of the stage features did not converge (student -> teacher stages, (C, H, W): "
+                f"{pairs}); {worst.shape[-2]}x{worst.shape[-1]} maps with {worst.shape[1]} channels are too "
+                "small for KD-SVD: train on larger images (e.g. data.image_size=32), pick a teacher whose stages "
+                "keep larger maps, or use another method (mhgd, at, fitnet)") from None
 
 
 __all__ = ["AT", "ConvReg", "FitNet", "KDSVD", "NST", "OD", "VID", "hint_regressor", "margin_batchnorm",

@@ -228,9 +228,11 @@ class MHGD(FrozenAfterInit):
       is left to the optimizer's weight decay.
     * Main phase: the heads are frozen (eval BN, no gradient) and the loss is Σ_levels Σ_{h,i}
       KL(softmax(tanh G_s) ‖ softmax(tanh G_t)) (`kdlab.losses.mhgd`, a sum).
-    `clip_to_ce`: the engine clips this loss's gradient per parameter to ‖∇CE‖·sigmoid(epoch − init_epochs),
-    as `Optimizer_w_MHGD`. Our extension for any pair: a student stage whose width differs from the
-    teacher's goes through a 1x1 conv + BN connector (the SVD alignment needs equal channels).
+    `clip_to_ce`: the engine clips this loss's gradient per parameter to ‖∇CE‖·sigmoid(epoch − init_epochs)
+    with the official 0-indexed epoch, as `Optimizer_w_MHGD`: sigmoid(0) = 0.5 in the first main epoch
+    (kdlab's main-phase epochs count from 1, so the engine uses sigmoid(epoch − 1)). Our extension for any
+    pair: a student stage whose width differs from the teacher's goes through a 1x1 conv + BN connector (the
+    SVD alignment needs equal channels).
     Defaults: weight 1, 8 heads (official), CE 1.
     """
 

@@ -1,4 +1,4 @@
-"""SRD (softmax regression representation learning) and seed 003's SRD with a DIST-style loss.
+"""SRD (softmax regression representation learning) and SRDwithDIST, SRD with DIST's correlation loss.
 
 The student's last feature map goes through a connector (1x1 conv + BN + ReLU to the teacher's embedding
 width), is pooled, matched to the teacher's pooled feature (L_FM), and passed through the teacher's frozen
@@ -14,6 +14,7 @@ from torch import nn
 
 from .. import losses
 from ..connectors import ConvConnector
+from ..errors import KdlabError
 from . import register
 from .base import BuildContext, DistillBatch, Method, deepest_stage
 
@@ -57,15 +58,33 @@ class SRD(Method):
 
 @register
 class SRDWithDIST(SRD):
-    """SRD with the softmax-regression MSE replaced by the DIST loss (seed 003, 'SRDwithDIST')."""
+    """SRD with the softmax-regression MSE replaced by DIST's Pearson terms ('SRDwithDIST').
+
+    As its authors define it (github.com/chitraz/KnowledgeDistillationForModelCompression, ``DISTV2``:
+    "do not do softmax"), the inter- and intra-class Pearson terms compare the raw cross-network logits
+    with the raw teacher logits (no temperature, no tau^2). `softmax=true` applies DIST as published
+    instead (softmax(z / temperature), tau^2 inside); `temperature` is used only then.
+    """
 
     name = "srd_dist"
-    paper = "SRD (Yang et al. ICLR 2021) + DIST (Huang et al. NeurIPS 2022), as in seed 003 (chitraz, MSc 2024)"
-    defaults = {"weight": 1.0, "feature_weight": 1.0, "beta": 1.0, "gamma": 1.0, "temperature": 1.0}
+    paper = ("SRDwithDIST: SRD (Yang et al. ICLR 2021) with DIST's Pearson terms (Huang et al. NeurIPS 2022) "
+             "on raw logits (github.com/chitraz/KnowledgeDistillationForModelCompression, MSc 2024)")
+    defaults = {"weight": 1.0, "feature_weight": 1.0, "beta": 1.0, "gamma": 1.0, "softmax": False,
+                "temperature": 1.0}
+
+    @classmethod
+    def check_hparams(cls, hparams):
+        values = super().check_hparams(hparams)
+        if not values["softmax"] and values["temperature"] != 1.0:
+            raise KdlabError(f"method.srd_dist.temperature={values['temperature']} is used only on softmax "
+                             "outputs; add method.srd_dist.softmax=true, or drop the temperature (the authors' "
+                             "SRDwithDIST uses raw logits)")
+        return values
 
     def forward(self, batch: DistillBatch) -> dict[str, torch.Tensor]:
         pooled = self.transformed(batch)
         loss = losses.srd_dist(pooled, batch.teacher["embedding"], self.cross_logits(pooled), batch.teacher_logits,
                                feature_weight=self.hp["feature_weight"], beta=self.hp["beta"],
-                               gamma=self.hp["gamma"], temperature=self.hp["temperature"])
+                               gamma=self.hp["gamma"], temperature=self.hp["temperature"],
+                               softmax=self.hp["softmax"])
         return {"srd_dist": loss}

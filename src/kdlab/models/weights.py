@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,10 +23,20 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same user message
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = str(error)
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if "numpy" in (found.group(1) if found else ""):
+            reason = "it looks like a kdlab 0.1 checkpoint: pass it as --teacher, which reads its architecture"
+        elif found:  # PyTorch's own message advises weights_only=False, which would run the file's code
+            reason = f"it holds Python code references ({found.group(1)}), not just tensors"
+        else:
+            reason = text.strip().splitlines()[0] if text.strip() else type(error).__name__
         raise KdlabError(
             f"cannot read weights file '{path}' ({reason}); save it with torch.save(model.state_dict(), path)"
         ) from None
+    if isinstance(data, Mapping) and isinstance(data.get("arch"), Mapping) and "kdlab_version" in data:
+        raise KdlabError(f"'{path}' is a kdlab checkpoint (a {data['arch'].get('model')}): pass it as --teacher "
+                         f"{path}, which reads its architecture, instead of --teacher-model/--teacher-weights")
     for key in ("state_dict", "model"):
         if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
             data = data[key]
