@@ -249,7 +249,7 @@ def bench_config(precision: str, channels_last: bool) -> Config:
 
 
 def prepare(model: nn.Module, channels_last: bool) -> nn.Module:
-    """What kdlab.run.prepare_model does on the CPU."""
+    """What kdlab.runner.common.prepare_model does on the CPU."""
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
@@ -291,7 +291,7 @@ def warm_teacher_cache(objective, dataset: InMemoryDataset, batch_size: int, cha
                        precision: str) -> float:
     """Attach a TeacherCache to a KD objective and fill it with one fixed-augmentation pass of the teacher over
     `dataset` (what the first epoch of a `--cache-teacher` run does); returns the seconds the fill took."""
-    from kdlab.teacher_cache import TeacherCache
+    from kdlab.distillation.teacher_cache import TeacherCache
 
     objective.teacher_cache = TeacherCache(dataset.indices, num_teachers=1)
     full = TensorLoader(dataset, batch_size, shuffle=False, augment=True, seed=0, channels_last=channels_last,

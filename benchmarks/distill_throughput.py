@@ -54,7 +54,7 @@ from torch import nn
 
 from kdlab import methods as method_registry
 from kdlab import models
-from kdlab.distillation import DistillationLoss
+from kdlab.distillation.loss import DistillationLoss
 from kdlab.engine.objectives import SupervisedObjective
 
 PAIRS = (("resnet56", "resnet20"), ("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"))
@@ -121,7 +121,7 @@ class Setup:
                        self.args.channels_last)
 
     def distill_objective(self, method: str) -> DistillationLoss:
-        """What kdlab.run.run_distill builds, in the main phase."""
+        """What kdlab.runner.distill.run_distill builds, in the main phase."""
         args = self.args
         objective = DistillationLoss(
             copy.deepcopy(self.teacher), self.student(), method=method,

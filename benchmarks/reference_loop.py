@@ -71,7 +71,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from kdlab import models
-from kdlab.distillation import DistillationLoss
+from kdlab.distillation.loss import DistillationLoss
 from kdlab.engine.precision import cpu_bf16_is_native
 
 PAIRS = (("resnet56", "resnet20"), ("resnet32x4", "resnet8x4"))
@@ -222,7 +222,7 @@ def pair_cases(teacher_name: str, student_name: str, args: argparse.Namespace, d
 
 
 def kd_objective(teacher, student, dataset, args: argparse.Namespace, channels_last: bool) -> DistillationLoss:
-    """kdlab's KD objective in its main phase, as kdlab.run builds it, on copies of the models."""
+    """kdlab's KD objective in its main phase, as kdlab.runner.common builds it, on copies of the models."""
     objective = DistillationLoss(
         prepare(copy.deepcopy(teacher), channels_last), prepare(copy.deepcopy(student), channels_last),
         method="kd", input_shape=(dataset.in_channels, args.image_size, args.image_size),

@@ -46,7 +46,7 @@ from common import (
 )
 
 from kdlab import models
-from kdlab.distillation import DistillationLoss
+from kdlab.distillation.loss import DistillationLoss
 from kdlab.engine.objectives import SupervisedObjective
 
 TARGET = 0.90  # cached KD within 10% of plain student training

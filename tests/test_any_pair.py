@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kdlab import models
-from kdlab.distillation import DistillationLoss
+from kdlab.distillation.loss import DistillationLoss
 from kdlab.methods import list_methods
 
 PAIRS = [("wrn_40_4", "mobilenetv2_w1"), ("resnet18", "mobilenetv2_w1"), ("resnet32x4", "shufflenetv2"),

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdlab.contrastive_memory import CRDMemory
 from kdlab.errors import KdlabError
 from kdlab.losses.contrastive import crd_nce, crd_scores
+from kdlab.methods.crd_memory import CRDMemory
 
 
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:

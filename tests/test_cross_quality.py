@@ -14,12 +14,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import kdlab.run
+import kdlab.runner.checkpoints
+import kdlab.runner.common
+import kdlab.runner.distill
+import kdlab.runner.train
 from kdlab import losses, models
-from kdlab.calibration import calibrated_temperature, calibration_study, virtual_teacher_confidence
 from kdlab.cli import main
-from kdlab.distillation import DistillationLoss, mix_teacher_logits
+from kdlab.distillation.loss import DistillationLoss, mix_teacher_logits
 from kdlab.errors import KdlabError
+from kdlab.experiments.calibration import calibration_study
+from kdlab.losses.calibration import calibrated_temperature, virtual_teacher_confidence
 from kdlab.methods import create as create_method
 
 FAST = ["--data", "digits", "--epochs", "1", "--batch-size", "128", "--quiet", "data.fraction=0.3"]
@@ -52,7 +56,7 @@ def teachers(tmp_path_factory):
 def spy_shapes(monkeypatch) -> dict[str, set]:
     """Forward pre-hooks on the objective's models, attached when the run builds its Trainer."""
     seen: dict[str, set] = {"teacher": set(), "teacher_inner": set(), "student": set()}
-    original = kdlab.run.Trainer
+    original = kdlab.runner.distill.Trainer
 
     def record(role):
         return lambda _module, inputs: seen[role].add(tuple(inputs[0].shape[1:]))
@@ -62,11 +66,12 @@ def spy_shapes(monkeypatch) -> dict[str, set]:
         student.register_forward_pre_hook(record("student"))
         for teacher in getattr(objective, "teachers", []):
             teacher.register_forward_pre_hook(record("teacher"))
-            if isinstance(teacher, kdlab.run.DownscaledInput):
+            if isinstance(teacher, kdlab.runner.common.DownscaledInput):
                 teacher.model.register_forward_pre_hook(record("teacher_inner"))
         return original(config, objective, *args, **kwargs)
 
-    monkeypatch.setattr(kdlab.run, "Trainer", spy)
+    for runner in (kdlab.runner.distill, kdlab.runner.train):
+        monkeypatch.setattr(runner, "Trainer", spy)
     return seen
 
 
@@ -150,7 +155,7 @@ def test_low_resolution_checkpoint_is_checked_against_the_data(teachers):
     arch = torch.load(teachers / "xq" / "best.pt", weights_only=True)["arch"]
     info = kdlab.data.DataInfo("digits16", 10, 1, 16, (0.5,), (0.5,), 100)
     with pytest.raises(KdlabError, match="takes 4px views of 1x8px images but digits16 has 1x16px"):
-        kdlab.run.check_against_data(arch, info, "xq.pt", "teacher")
+        kdlab.runner.checkpoints.check_against_data(arch, info, "xq.pt", "teacher")
 
 
 def test_cross_quality_on_imagefolder(tmp_path, monkeypatch, capsys):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import kdlab.losses as L
-from kdlab.distillation import DistillationLoss
+from kdlab.distillation.loss import DistillationLoss
 from kdlab.errors import KdlabError
 
 

@@ -25,11 +25,11 @@ from torch import nn
 from kdlab.cli import main
 from kdlab.config import Config
 from kdlab.data import InMemoryDataset, TensorLoader, build_loaders
-from kdlab.distillation import DistillationLoss
+from kdlab.distillation.loss import DistillationLoss
 from kdlab.engine.evaluate import evaluate
 from kdlab.engine.logging import read_metrics
 from kdlab.engine.trainer import Trainer
-from kdlab.run import load_trained_model
+from kdlab.runner.checkpoints import load_trained_model
 
 TESTS = Path(__file__).resolve().parent
 WORLD = 2

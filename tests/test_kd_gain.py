@@ -8,7 +8,9 @@ import torch.nn.functional as F
 
 from kdlab import config as cfg
 from kdlab.data import build_loaders
-from kdlab.run import load_trained_model, run_distill, run_train
+from kdlab.runner.checkpoints import load_trained_model
+from kdlab.runner.distill import run_distill
+from kdlab.runner.train import run_train
 
 TEMPERATURE = 4.0  # the KD method's default temperature
 

@@ -15,10 +15,10 @@ from torch import nn
 
 import kdlab.losses as L
 from kdlab import methods
-from kdlab.connectors import ConvConnector
-from kdlab.distillation import DistillationLoss
+from kdlab.distillation.loss import DistillationLoss
 from kdlab.errors import KdlabError
 from kdlab.methods.base import BuildContext
+from kdlab.methods.connectors import ConvConnector
 from kdlab.methods.feature import ConvReg, margin_batchnorm
 from kdlab.models import create, tap_points
 

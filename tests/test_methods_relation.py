@@ -18,10 +18,10 @@ from torch import nn
 
 import kdlab.losses as L
 from kdlab import methods
-from kdlab.connectors import resize_to
-from kdlab.distillation import DistillationLoss
+from kdlab.distillation.loss import DistillationLoss
 from kdlab.errors import KdlabError
 from kdlab.methods.base import BuildContext
+from kdlab.methods.connectors import resize_to
 from kdlab.methods.two_stage import _flow_points
 from kdlab.models import create, tap_points
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from kdlab.metrics import ClassificationMeter, expected_calibration_error, topk_correct
+from kdlab.engine.metrics import ClassificationMeter, expected_calibration_error, topk_correct
 
 
 def test_ece_hand_computed():

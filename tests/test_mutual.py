@@ -7,7 +7,7 @@ import torch
 
 from kdlab import models
 from kdlab.cli import main
-from kdlab.mutual import MutualObjective
+from kdlab.distillation.mutual import MutualObjective
 
 
 def cohort(names, seed=0):

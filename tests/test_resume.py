@@ -137,8 +137,8 @@ class NaNAtEval(nn.Module):
 
 
 def test_a_diverged_evaluation_marks_the_epoch_and_the_run(tmp_path, monkeypatch, capsys):
-    import kdlab.run as run_module
-    from kdlab.report import make_report
+    import kdlab.runner.common as run_module
+    from kdlab.experiments.report import make_report
 
     real_create = run_module.models.create
     monkeypatch.setattr(run_module.models, "create", lambda *a, **k: NaNAtEval(real_create(*a, **k)))

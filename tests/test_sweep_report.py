@@ -23,7 +23,7 @@ from kdlab import config as cfg
 from kdlab import methods, models
 from kdlab.cli import build_parser, config_from_args, main
 from kdlab.engine.trainer import Trainer
-from kdlab.sweep import load_sweep
+from kdlab.experiments.sweep import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = {
@@ -84,8 +84,8 @@ def sweep(tmp_path_factory):
         raise AssertionError("a finished run was trained again")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("kdlab.run.run_train", no_training)
-        mp.setattr("kdlab.run.run_distill", no_training)
+        mp.setattr("kdlab.experiments.sweep.run_train", no_training)
+        mp.setattr("kdlab.experiments.sweep.run_distill", no_training)
         result["rerun"] = call(["sweep", file, "--quiet"])
     return result
 

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-import kdlab.run
+import kdlab.runner.distill
 from kdlab.cli import main
 from kdlab.data import load
 from kdlab.data.memory import TensorLoader
+from kdlab.distillation.teacher_cache import TeacherCache
 from kdlab.errors import KdlabError
-from kdlab.teacher_cache import TeacherCache
 
 DIGITS = ["--data", "digits", "--batch-size", "128", "--quiet"]
 
@@ -74,7 +74,7 @@ def teacher_calls(monkeypatch) -> Counter:
         epoch["now"] = int(value)
         set_epoch(self, value)
 
-    original = kdlab.run.load_teachers
+    original = kdlab.runner.distill.load_teachers
 
     def counting(config, info):
         epoch["now"] = 0  # a new run: nothing trained yet
@@ -84,7 +84,7 @@ def teacher_calls(monkeypatch) -> Counter:
         return teachers
 
     monkeypatch.setattr(TensorLoader, "set_epoch", tracking)
-    monkeypatch.setattr(kdlab.run, "load_teachers", counting)
+    monkeypatch.setattr(kdlab.runner.distill, "load_teachers", counting)
     return calls
 
 
@@ -242,7 +242,7 @@ def test_cache_unit_lazy_fill_and_disk(tmp_path):
 def test_refuses_several_processes_and_unknown_loaders():
     from types import SimpleNamespace
 
-    from kdlab.teacher_cache import check_cacheable
+    from kdlab.distillation.teacher_cache import check_cacheable
 
     config = SimpleNamespace(method="kd", data=SimpleNamespace(augment=False, name="digits"))
     objective = SimpleNamespace(teachers=[torch.nn.Linear(1, 1)], teacher_train_mode=False)

@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 
 _LAZY = {"DistillationLoss": ("kdlab.distillation", "DistillationLoss"), "distill": ("kdlab.api", "distill"),
          "train": ("kdlab.api", "train")}
-_SUBMODULES = ("models", "losses", "methods", "data", "metrics", "config", "engine")
+_SUBMODULES = {"models": "kdlab.models", "losses": "kdlab.losses", "methods": "kdlab.methods", "data": "kdlab.data",
+               "metrics": "kdlab.engine.metrics", "config": "kdlab.config", "engine": "kdlab.engine"}
 
 
 def __getattr__(name: str) -> Any:
@@ -24,7 +25,7 @@ def __getattr__(name: str) -> Any:
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
     if name in _SUBMODULES:
-        return importlib.import_module(f"kdlab.{name}")
+        return importlib.import_module(_SUBMODULES[name])
     raise AttributeError(f"module 'kdlab' has no attribute '{name}'")
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import config as cfg
-from .errors import KdlabError
+from kdlab import config as cfg
+from kdlab.errors import KdlabError
 
 
 def _as_config(config: cfg.Config | dict[str, Any] | None, overrides: dict[str, Any]) -> cfg.Config:
@@ -31,7 +31,7 @@ def _as_config(config: cfg.Config | dict[str, Any] | None, overrides: dict[str, 
 
 def train(config: cfg.Config | dict[str, Any] | None = None, resume: bool = False, **overrides: Any) -> dict:
     """Train `config.model` with cross-entropy, as `kdlab train`; returns the run summary."""
-    from .run import run_train
+    from kdlab.runner.train import run_train
 
     return run_train(_as_config(config, overrides), resume=resume, quiet=True)
 
@@ -70,15 +70,16 @@ def distill(config: cfg.Config | dict[str, Any] | None = None, *,
     by feature methods (it is read from the first batch when omitted); other training settings are config
     keys (`optim={"schedule": "cosine"}`, `precision="bf16"`, ...).
     """
-    from .run import run_distill
+    from kdlab.runner.distill import run_distill
 
     if student is None and train_loader is None:
         return run_distill(_as_config(config, config_overrides), resume=resume, quiet=True)
     if student is None or train_loader is None or test_loader is None:
         raise KdlabError("kdlab.distill on your own objects needs student=, train_loader= and test_loader=")
-    from .distillation import DistillationLoss
-    from .engine.trainer import Trainer
-    from .run import prepare_run_dir, setup_runtime
+    from kdlab.distillation.loss import DistillationLoss
+    from kdlab.engine.rundir import prepare_run_dir
+    from kdlab.engine.trainer import Trainer
+    from kdlab.runner.common import setup_runtime
 
     layer = {"model": type(student).__name__, "out": str(out), "method": method,
              "optim": {"epochs": epochs, "lr": lr, "schedule": "cosine"}}

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any
 
-from .errors import KdlabError
+from kdlab.errors import KdlabError
 
 
 def _common_run_args(p: argparse.ArgumentParser, model_flag: str = "--model") -> None:
@@ -135,7 +135,7 @@ FLAG_KEYS = {  # argparse dest -> config key
 
 
 def config_from_args(args: argparse.Namespace):
-    from . import config as cfg
+    from kdlab import config as cfg
 
     layers: list[dict[str, Any]] = [_resumed_run_config(args)]
     if args.config:
@@ -147,7 +147,7 @@ def config_from_args(args: argparse.Namespace):
     layers += [flag_layer, override_layer]
     config = cfg.build(layers)
     if config.method:  # one spelling ('KD+FN' -> 'kd+fitnet') in run names, config.yaml and reports
-        from . import methods
+        from kdlab import methods
 
         config.method = methods.canonical_spec(config.method)
         config.methods = methods.canonical_hparams(config.methods)
@@ -178,7 +178,7 @@ def _resumed_run_config(args: argparse.Namespace) -> dict[str, Any]:
     `--resume --out DIR` continues the run as it was started; kdlab.engine.trainer refuses changes)."""
     from pathlib import Path
 
-    from . import config as cfg
+    from kdlab import config as cfg
 
     saved = Path(args.out) / "config.yaml" if getattr(args, "resume", False) and args.out else None
     if saved is None or not saved.is_file():
@@ -212,29 +212,29 @@ def done_line(summary: dict[str, Any]) -> str:
 
 def cmd_list(what: str) -> None:
     if what == "models":
-        from . import models
+        from kdlab import models
 
         for name in models.list_models():
             print(f"{name:<20} {models.model_info(name).get('description', '')}")
         print("tv:<name>            any torchvision classification model (weights from a local file only)")
     elif what == "datasets":
-        from . import data
+        from kdlab import data
 
         for name in data.list_datasets():
             info = data.dataset_info(name)
             classes = info.get("num_classes") or "any"
             print(f"{name:<14} {classes:>5} classes  {info.get('description', '')}")
     else:
-        from .methods.catalog import text_listing
+        from kdlab.methods.catalog import text_listing
 
         print(text_listing())
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from . import data as datasets
-    from .engine.evaluate import evaluate
-    from .engine.precision import pick_device
-    from .run import load_trained_model
+    from kdlab import data as datasets
+    from kdlab.engine.evaluate import evaluate
+    from kdlab.engine.precision import pick_device
+    from kdlab.runner.checkpoints import load_trained_model
 
     device = pick_device(args.device)
     _, test_loader, info = datasets.build_loaders(args.data, root=args.data_root, test_batch_size=args.batch_size,
@@ -246,7 +246,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_mutual(args: argparse.Namespace) -> None:
-    from .mutual import run_mutual
+    from kdlab.runner.mutual import run_mutual
 
     names = [n.strip() for n in (args.model or "").split(",") if n.strip()]
     if len(names) < 2:
@@ -260,7 +260,7 @@ def cmd_mutual(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from .report import make_report
+    from kdlab.experiments.report import make_report
 
     text = make_report(args.paths, fmt=args.format, epoch=args.epoch, metrics=args.metrics, out=args.out,
                        plots=args.plots)
@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command in ("train", "distill"):
-            from .run import run_distill, run_train
+            from kdlab.runner.distill import run_distill
+            from kdlab.runner.train import run_train
 
             config = config_from_args(args)
             runner = run_train if args.command == "train" else run_distill
@@ -298,18 +299,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "eval":
             cmd_eval(args)
         elif args.command == "calibration":
-            from .calibration import calibration_study
+            from kdlab.experiments.calibration import calibration_study
 
             calibration_study(args.run, out=args.out, checkpoint=args.checkpoint, data_root=args.data_root,
                               device=args.device)
         elif args.command == "list":
             cmd_list(args.what)
         elif args.command == "demo":
-            from .demo import run_demo
+            from kdlab.experiments.demo import run_demo
 
             run_demo(args.out, epochs=args.epochs, force=args.force)
         elif args.command == "sweep":
-            from .sweep import run_sweep
+            from kdlab.experiments.sweep import run_sweep
 
             run_sweep(args.file, out=args.out, data_root=args.data_root, only=args.only, dry_run=args.dry_run,
                       quiet=args.quiet)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .errors import KdlabError, closest
+from kdlab.errors import KdlabError, closest
 
 
 @dataclass
@@ -87,7 +87,7 @@ class Config:
     ce_weight: float | None = None  # None: the method's default
     init_epochs: int | None = None  # init stages of two-stage methods (FitNet, FT, AB, FSP)
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # method.<name>.<hp> = value
-    # teacher-output caching (kdlab.teacher_cache): deterministic inputs only
+    # teacher-output caching (kdlab.distillation.teacher_cache): deterministic inputs only
     cache_teacher: bool = False
     cache_dir: str | None = None  # None: $XDG_CACHE_HOME/kdlab/teacher-outputs (~/.cache/kdlab/...)
     cache_max_gb: float = 4.0  # refuse caches larger than this (memory and disk)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import KdlabError
+from kdlab.errors import KdlabError
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:

@@ -23,8 +23,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..errors import KdlabError
-from . import checkpoint as ckpt
+from kdlab.engine import checkpoint as ckpt
+from kdlab.errors import KdlabError
 
 # A rank that fails or stalls makes the others give up after this long instead of waiting forever
 # (torchrun also stops the remaining workers as soon as one exits with an error).

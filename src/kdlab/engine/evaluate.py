@@ -1,12 +1,12 @@
-"""Evaluation of a classifier on a loader: top-1/top-5, NLL, ECE (see kdlab.metrics)."""
+"""Evaluation of a classifier on a loader: top-1/top-5, NLL, ECE (see kdlab.engine.metrics)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..metrics import ClassificationMeter, EvalResult
-from .precision import autocast
+from kdlab.engine.metrics import ClassificationMeter, EvalResult
+from kdlab.engine.precision import autocast
 
 
 @torch.inference_mode()

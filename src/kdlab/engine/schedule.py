@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from ..config import OptimConfig
+from kdlab.config import OptimConfig
 
 
 def lr_factor(optim: OptimConfig) -> Callable[[int], float]:

@@ -22,16 +22,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .. import __version__
-from ..config import Config, flatten, to_dict
-from ..errors import KdlabError
-from ..reliability import save_bins
-from . import checkpoint as ckpt
-from .distributed import on_main, rank_seed, seed_rank, wrap_objective
-from .evaluate import evaluate
-from .logging import RunLogger, read_metrics
-from .precision import autocast, grad_scaler
-from .schedule import lr_factor, total_epochs
+from kdlab import __version__
+from kdlab.config import Config, flatten, to_dict
+from kdlab.engine import checkpoint as ckpt
+from kdlab.engine.distributed import on_main, rank_seed, seed_rank, wrap_objective
+from kdlab.engine.evaluate import evaluate
+from kdlab.engine.logging import RunLogger, read_metrics
+from kdlab.engine.precision import autocast, grad_scaler
+from kdlab.engine.reliability import save_bins
+from kdlab.engine.schedule import lr_factor, total_epochs
+from kdlab.errors import KdlabError
 
 # Settings a resumed run may change: where and how fast it runs, not what it computes.
 RESUMABLE_KEYS = frozenset({

@@ -5,7 +5,7 @@ weights and call them. Each function returns the loss as defined by its paper or
 (see ../shared/METHODS.md); outer weights are applied by the method.
 """
 
-from .contrastive import *  # noqa: F401,F403
-from .features import *  # noqa: F401,F403
-from .logits import *  # noqa: F401,F403
-from .relations import *  # noqa: F401,F403
+from kdlab.losses.contrastive import *  # noqa: F401,F403
+from kdlab.losses.features import *  # noqa: F401,F403
+from kdlab.losses.logits import *  # noqa: F401,F403
+from kdlab.losses.relations import *  # noqa: F401,F403

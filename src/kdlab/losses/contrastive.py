@@ -3,7 +3,7 @@
 Stateless pieces only: ``crd_scores`` turns an anchor and its contrast rows into unnormalised scores
 exp(<anchor, row> / τ), and ``crd_nce`` is the NCE loss of one anchor direction. The memory (bank or
 queue), the negative sampling and the fixed normalisation constant Z live in
-``kdlab.contrastive_memory.CRDMemory``. Nothing is detached from the anchors here: in CRD both linear heads
+``kdlab.methods.crd_memory.CRDMemory``. Nothing is detached from the anchors here: in CRD both linear heads
 are trainable and the teacher head receives gradient from the teacher-anchor term (§21 pitfalls).
 """
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ..errors import KdlabError, unknown_name
-from .base import BuildContext, DistillBatch, Method
+from kdlab.errors import KdlabError, unknown_name
+from kdlab.methods.base import BuildContext, DistillBatch, Method
 
 # Modules that define methods; each registers its classes on import.
 METHOD_MODULES = ("logit", "srd", "feature", "reviewkd", "relation", "crd", "two_stage")

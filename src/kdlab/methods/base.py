@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..errors import KdlabError, closest
-from ..taps import LOGITS
+from kdlab.errors import KdlabError, closest
+from kdlab.methods.taps import LOGITS, stage_names
 
 
 @dataclass
@@ -140,8 +140,6 @@ def matched_stages(student_points: dict[str, str], teacher_points: dict[str, str
     Models of different depth (e.g. a 4-stage ResNet-18 and a 3-stage CIFAR ResNet) are aligned at their
     deepest stages, where the semantics match best.
     """
-    from ..taps import stage_names
-
     s = stage_names(student_points, pre_student)
     t = stage_names(teacher_points, pre_teacher)
     n = min(len(s), len(t))

@@ -6,7 +6,7 @@ table with `markdown_table()`).
 
 from __future__ import annotations
 
-from . import aliases, get, list_methods
+from kdlab.methods import aliases, get, list_methods
 
 # A CIFAR ResNet's tap table, used to show which taps a method reads on a typical model.
 _REFERENCE_POINTS = {

@@ -1,7 +1,7 @@
 """CRD: contrastive representation distillation with a memory of past embeddings (METHODS.md §21).
 
 The pooled penultimate embeddings of both networks go through trainable linear heads and L2
-normalisation; `kdlab.contrastive_memory.CRDMemory` holds the memories, samples the negatives and returns
+normalisation; `kdlab.methods.crd_memory.CRDMemory` holds the memories, samples the negatives and returns
 the NCE loss of both anchor directions (`kdlab.losses.crd_nce`).
 """
 
@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..contrastive_memory import CRDMemory
-from ..errors import KdlabError
-from . import register
-from .base import BuildContext, DistillBatch, Method
+from kdlab.errors import KdlabError
+from kdlab.methods import register
+from kdlab.methods.base import BuildContext, DistillBatch, Method
+from kdlab.methods.crd_memory import CRDMemory
 
 
 def _width(shape: Any, where: str) -> int:

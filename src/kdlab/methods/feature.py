@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import losses
-from ..connectors import ConvConnector
-from ..errors import KdlabError
-from . import register
-from .base import BuildContext, DistillBatch, Method, matched_stages
+from kdlab import losses
+from kdlab.errors import KdlabError
+from kdlab.methods import register
+from kdlab.methods.base import BuildContext, DistillBatch, Method, matched_stages
+from kdlab.methods.connectors import ConvConnector
 
 # Children with these names are residual shortcuts, not the main path that feeds a ReLU.
 _SHORTCUT_NAMES = frozenset({"downsample", "shortcut"})

@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from .. import losses
-from ..calibration import calibrated_temperature
-from ..errors import KdlabError
-from . import register
-from .base import BuildContext, DistillBatch, Method
+from kdlab import losses
+from kdlab.errors import KdlabError
+from kdlab.losses.calibration import calibrated_temperature
+from kdlab.methods import register
+from kdlab.methods.base import BuildContext, DistillBatch, Method
 
 
 @register
@@ -113,7 +113,7 @@ class TfKDVirtual(Method):
     α 0.1, τ 20, m 100, i.e. CE weight 0.9 (METHODS.md §12).
 
     `calibrate=A` (0 = off, the authors' fixed τ) replaces τ by the temperature at which the signal's
-    confidence q_y equals the target accuracy A (seed 002: a better-calibrated signal; kdlab.calibration).
+    confidence q_y equals the target accuracy A (seed 002: a better-calibrated signal; kdlab.experiments.calibration).
     """
 
     name = "tfkd_virtual"

@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import losses
-from ..connectors import ConvConnector
-from ..errors import KdlabError
-from . import register
-from .base import BuildContext, DistillBatch, Method, deepest_stage, matched_stages
-from .two_stage import FrozenAfterInit
+from kdlab import losses
+from kdlab.errors import KdlabError
+from kdlab.methods import register
+from kdlab.methods.base import BuildContext, DistillBatch, Method, deepest_stage, matched_stages
+from kdlab.methods.connectors import ConvConnector
+from kdlab.methods.two_stage import FrozenAfterInit
 
 
 def _flat_width(shape: Sequence[int], where: str) -> int:

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import losses
-from ..errors import KdlabError
-from . import register
-from .base import BuildContext, DistillBatch, Method, matched_stages
+from kdlab import losses
+from kdlab.errors import KdlabError
+from kdlab.methods import register
+from kdlab.methods.base import BuildContext, DistillBatch, Method, matched_stages
 
 EMBEDDING = "embedding"
 

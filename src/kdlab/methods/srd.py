@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import losses
-from ..connectors import ConvConnector
-from ..errors import KdlabError
-from . import register
-from .base import BuildContext, DistillBatch, Method, deepest_stage
+from kdlab import losses
+from kdlab.errors import KdlabError
+from kdlab.methods import register
+from kdlab.methods.base import BuildContext, DistillBatch, Method, deepest_stage
+from kdlab.methods.connectors import ConvConnector
 
 
 @register

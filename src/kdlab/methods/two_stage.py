@@ -15,11 +15,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .. import losses
-from ..connectors import ConvConnector, resize_to
-from ..errors import KdlabError
-from . import register
-from .base import BuildContext, DistillBatch, Method, deepest_stage, matched_stages
+from kdlab import losses
+from kdlab.errors import KdlabError
+from kdlab.methods import register
+from kdlab.methods.base import BuildContext, DistillBatch, Method, deepest_stage, matched_stages
+from kdlab.methods.connectors import ConvConnector, resize_to
 
 
 def _shape3(shape: Sequence[int], where: str) -> tuple[int, int, int]:

@@ -15,14 +15,13 @@ from pathlib import Path
 from torch import nn
 
 from kdlab.errors import KdlabError, unknown_name
-
-from .hooks import FlatAdaptiveAvgPool2d, HookPoint
-from .mobilenetv2 import MobileNetV2
-from .resnet_cifar import resnet18_cifar, resnet_cifar, resnet_cifar_x4
-from .shufflenet import ShuffleNetV1, ShuffleNetV2
-from .vgg import VGG
-from .weights import load_weights, read_state_dict
-from .wrn import WideResNet
+from kdlab.models.hooks import FlatAdaptiveAvgPool2d, HookPoint
+from kdlab.models.mobilenetv2 import MobileNetV2
+from kdlab.models.resnet_cifar import resnet18_cifar, resnet_cifar, resnet_cifar_x4
+from kdlab.models.shufflenet import ShuffleNetV1, ShuffleNetV2
+from kdlab.models.vgg import VGG
+from kdlab.models.weights import load_weights, read_state_dict
+from kdlab.models.wrn import WideResNet
 
 __all__ = [
     "FlatAdaptiveAvgPool2d",
@@ -114,9 +113,11 @@ TV_PREFIX = "tv:"
 
 def _torchvision():
     """torchvision's model zoo, imported on first use: it costs seconds at start-up and zoo runs never need it."""
-    from . import torchvision_models
+    from kdlab.models import torchvision_models  # noqa: PLC0415 - torchvision is slow to import
 
     return torchvision_models
+
+
 _WRN_NAME = re.compile(r"wrn_(\d+)_(\d+)")
 
 

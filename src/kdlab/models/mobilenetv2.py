@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import conv_stride, init_weights
+from kdlab.models.common import conv_stride, init_weights
 
 SETTINGS = (
     (1, 16, 1, 1),

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .common import conv_stride, init_weights
-from .hooks import HookPoint
+from kdlab.models.common import conv_stride, init_weights
+from kdlab.models.hooks import HookPoint
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:

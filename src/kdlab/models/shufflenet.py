@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import conv_stride, init_weights
-from .hooks import HookPoint
+from kdlab.models.common import conv_stride, init_weights
+from kdlab.models.hooks import HookPoint
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

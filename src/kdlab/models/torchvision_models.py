@@ -21,8 +21,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from kdlab.errors import KdlabError, unknown_name
-
-from .hooks import FlatAdaptiveAvgPool2d, HookPoint
+from kdlab.models.hooks import FlatAdaptiveAvgPool2d, HookPoint
 
 PREFIX = "tv:"
 

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .common import init_weights
-from .hooks import HookPoint
+from kdlab.models.common import init_weights
+from kdlab.models.hooks import HookPoint
 
 CONFIGS: dict[int, tuple[tuple[int, ...], ...]] = {
     8: ((64,), (128,), (256,), (512,), (512,)),

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import conv_stride, init_weights
-from .hooks import HookPoint
+from kdlab.models.common import conv_stride, init_weights
+from kdlab.models.hooks import HookPoint
 
 
 class WideBasicBlock(nn.Module):

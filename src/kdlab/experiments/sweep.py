@@ -28,8 +28,14 @@ from typing import Any
 
 import yaml
 
-from . import config as cfg
-from .errors import KdlabError, closest
+from kdlab import config as cfg
+from kdlab import data as datasets
+from kdlab import models
+from kdlab.engine.logging import read_metrics
+from kdlab.errors import KdlabError, closest
+from kdlab.methods import get, parse
+from kdlab.runner.distill import run_distill
+from kdlab.runner.train import run_train
 
 # ------------------------------------------------------------------------------------------------ schema
 SWEEP_KEYS = ("out", "data", "data_root", "fractions", "seeds", "config", "teachers", "students", "pairs",
@@ -189,9 +195,6 @@ def load_sweep(path: str | Path, out: str | None = None, data_root: str | None =
 
 
 def plan(spec: dict[str, Any], where: _Where, root: Path, data_root: str | None) -> list[PlannedRun]:
-    from . import data as datasets
-    from . import models
-
     if "data" not in spec:
         raise where.error("no data set; add e.g. 'data: cifar100' (or a list of names)")
     data_names = where.name_list(spec["data"], "data")
@@ -322,8 +325,6 @@ def _pairs(where: _Where, value: Any, teachers: dict, students: dict) -> list[tu
 
 
 def _method_entries(where: _Where, value: Any, pair_names: list[str], seeds: list[int]) -> dict[str, dict]:
-    from .methods import get
-
     if not value:
         raise where.error("no methods; add e.g. 'methods: {baseline: {}, kd: {}}'")
     if isinstance(value, list):
@@ -366,8 +367,6 @@ def _method_entries(where: _Where, value: Any, pair_names: list[str], seeds: lis
 
 def _build_run(where: _Where, name: str, kind: str, root: Path, layer: dict[str, Any]) -> PlannedRun:
     """Validate a run's config exactly as `kdlab train|distill` would, and look at its directory."""
-    from .methods import parse
-
     try:
         config = cfg.build([layer])
         if config.method:
@@ -380,32 +379,9 @@ def _build_run(where: _Where, name: str, kind: str, root: Path, layer: dict[str,
 
 
 # ------------------------------------------------------------------------------------------------ state
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl lines; a line cut short by a kill is ignored."""
-    path = run_dir / "metrics.jsonl"
-    records = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
-
-
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """{'optim': {'lr': 0.1}} -> {'optim.lr': 0.1}."""
-    if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(flatten(item, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: value} if prefix else {}
-
-
 def config_difference(saved: dict[str, Any], planned: dict[str, Any]) -> str:
     """First setting (other than where/how it runs) in which a saved run differs from the plan, or ''."""
-    old, new = flatten(saved), flatten(planned)
+    old, new = cfg.flatten(saved), cfg.flatten(planned)
     for key in sorted(set(old) | set(new)):
         if key in ENVIRONMENT_KEYS or key.split(".")[0] in ENVIRONMENT_KEYS:
             continue
@@ -461,7 +437,7 @@ FLAGS = {"data.name": "--data", "data.root": "--data-root", "data.fraction": "--
 
 def command_line(layer: dict[str, Any], command: str, resume: bool = False) -> str:
     """`kdlab <command>` flags for a run's config layer (the CLI builds the same Config from them)."""
-    flat = flatten(layer)
+    flat = cfg.flatten(layer)
     parts = ["kdlab", command, "--model" if command == "train" else "--student", str(flat.pop("model"))]
     for teacher in flat.pop("teachers", None) or []:
         parts += ["--teacher", str(teacher)]
@@ -510,8 +486,6 @@ Runner = Callable[..., dict[str, Any]]
 def run_sweep(path: str | Path, out: str | None = None, data_root: str | None = None, only: list[str] | None = None,
               dry_run: bool = False, quiet: bool = False, echo: Callable[[str], None] = print) -> Sweep:
     """Plan the sweep, then run what is not finished, in order (teachers first). Returns the plan."""
-    from .run import run_distill, run_train
-
     sweep = load_sweep(path, out, data_root)
     runs = select(sweep.runs, only)
     if not runs:

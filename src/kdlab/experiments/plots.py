@@ -11,8 +11,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kdlab.engine.reliability import load_bins
+from kdlab.experiments.report import TEACHER
+
 if TYPE_CHECKING:
-    from .report import Column, Table
+    from kdlab.experiments.report import Column, Table
 
 
 def pyplot() -> Any:
@@ -64,8 +67,6 @@ def slug(column: Column) -> str:
 
 def report_plots(table: Table, out_dir: Path) -> list[Path]:
     """Training curves, accuracy-vs-ECE and reliability diagrams for every column; returns the files."""
-    from .report import TEACHER
-
     plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -131,8 +132,6 @@ def _scatter(plt: Any, rows: list, title: str, path: Path) -> Path:
 
 
 def _reliability(plt: Any, rows: list, title: str, path: Path) -> Path | None:
-    from .reliability import load_bins
-
     panels = []
     for label, cell in rows:
         run = cell.runs[0]

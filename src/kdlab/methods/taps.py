@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from .errors import KdlabError, closest
+from kdlab import models
+from kdlab.errors import KdlabError, closest
 
 LOGITS = "logits"  # the model's own output; not a hook
 
@@ -25,8 +26,6 @@ class _StopForward(Exception):
 
 def available_taps(model: nn.Module, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
     """Symbolic tap name -> module path for `model`: its own table, then the user's overrides on top."""
-    from . import models
-
     try:
         points = dict(models.tap_points(model))
     except KdlabError:

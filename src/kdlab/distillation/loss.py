@@ -27,11 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import methods as method_registry
-from .engine.objectives import StepOutput
-from .errors import KdlabError
-from .methods.base import BuildContext, DistillBatch, Method
-from .taps import LOGITS, TapRecorder, available_taps, probe_shapes, resolve_taps
+from kdlab import methods as method_registry
+from kdlab.engine.distributed import average_gradients
+from kdlab.engine.objectives import StepOutput
+from kdlab.errors import KdlabError
+from kdlab.methods.base import BuildContext, DistillBatch, Method
+from kdlab.methods.taps import LOGITS, TapRecorder, available_taps, probe_shapes, resolve_taps
 
 
 class DistillationLoss(nn.Module):
@@ -89,7 +90,7 @@ class DistillationLoss(nn.Module):
         self.student_input = student_input
         self.phase = "main"  # or "init": the initialisation stage of two-stage methods
         self.teacher_logits_needed = any(m.needs_teacher_logits() for m in self.methods) and needs_teacher
-        # Per-sample teacher outputs for deterministic inputs (kdlab.teacher_cache; run_distill --cache-teacher).
+        # Per-sample teacher outputs for deterministic inputs (distillation.teacher_cache, --cache-teacher).
         self.teacher_cache: Any = None
 
         taps = taps or {}
@@ -320,8 +321,6 @@ class DistillationLoss(nn.Module):
         Inside a process group (DDP) both gradients are averaged over ranks before clipping: autograd.grad
         bypasses DDP's reducer, and clipping the global batch's gradients matches a 1-process run.
         """
-        from .engine.distributed import average_gradients
-
         params = list(self.trainable_parameters())
         g_main = average_gradients(torch.autograd.grad(main, params, retain_graph=True, allow_unused=True))
         g_clip = average_gradients(torch.autograd.grad(clipped, params, allow_unused=True))

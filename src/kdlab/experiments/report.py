@@ -25,9 +25,11 @@ from typing import Any
 
 import yaml
 
-from . import config as cfg
-from .engine.logging import read_metrics
-from .errors import KdlabError, closest
+from kdlab import config as cfg
+from kdlab.distillation.mutual import cohort_names
+from kdlab.engine.logging import read_metrics
+from kdlab.errors import KdlabError, closest
+from kdlab.methods import get
 
 METRICS = {"top1": "top-1 (%)", "top5": "top-5 (%)", "nll": "NLL", "ece": "ECE (%)"}
 LOWER_IS_BETTER = {"nll", "ece"}
@@ -46,15 +48,6 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: value} if prefix else {}
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -98,7 +91,7 @@ class RunRecord:
     def signature(self, method_keys: bool = True) -> tuple:
         """The settings other than the seed (and where it ran) that define this run's group; method
         hyperparameters count with their defaults filled in, so `kd` and `kd temperature=4` are one group."""
-        flat = _flatten(effective_config(self.config))
+        flat = cfg.flatten(effective_config(self.config))
         items = {k: v for k, v in flat.items() if k not in IGNORED
                  and (method_keys or k.split(".")[0] not in METHOD_KEYS)}
         return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in items.items()))
@@ -118,8 +111,6 @@ class RunRecord:
 
 def effective_config(config: dict[str, Any]) -> dict[str, Any]:
     """The config with each method's defaults (and the default CE weight) written out."""
-    from .methods import get
-
     spec = config.get("method")
     if not spec:
         return config
@@ -180,8 +171,6 @@ def cohort_members(record: RunRecord) -> list[RunRecord]:
     """A deep-mutual-learning run as one record per cohort student: method 'dml' or 'dml_e', no teacher, its
     own test metrics (test_<name>_top1 -> test_top1, ...), so it sits beside the baseline of its architecture.
     Students of one cohort with the same architecture share a cell: n counts students x seeds."""
-    from .mutual import cohort_names
-
     arch = record.summary["arch"]
     members = []
     for name, model in zip(cohort_names(arch["cohort"]), arch["cohort"], strict=True):
@@ -562,7 +551,7 @@ def make_report(paths: list[str], fmt: str = "md", epoch: str = "both", metrics:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)
     if plots:
-        from .plots import report_plots
+        from kdlab.experiments.plots import report_plots
 
         report_plots(table, Path(plots))
     return text

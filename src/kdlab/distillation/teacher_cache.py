@@ -35,7 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import KdlabError
+from kdlab.engine.precision import autocast
+from kdlab.errors import KdlabError
 
 FORMAT = 1  # bump when the file layout or the key's parts change
 _LOGITS = "@logits"  # storage name of the logits (cannot clash with a tap name)
@@ -304,7 +305,7 @@ def check_cacheable(config: Any, objective: Any, train_loader: Any, distributed:
 
 
 def _view(model: nn.Module) -> list[Any] | None:
-    """A low-resolution teacher's own input view (kdlab.run.DownscaledInput), part of its identity."""
+    """A low-resolution teacher's own input view (kdlab.runner.common.DownscaledInput), part of its identity."""
     view = getattr(model, "view", None)
     return None if view is None else [getattr(view, "size", None), getattr(view, "mode", None)]
 
@@ -336,8 +337,6 @@ def attach_teacher_cache(config: Any, objective: Any, train_loader: Any, input_s
     allocate it from one probe batch (size checked before training), and hand it to the objective."""
     if not config.cache_teacher:
         return None
-    from .engine.precision import autocast
-
     check_cacheable(config, objective, train_loader, distributed)
     parts = cache_key_parts(config, objective, train_loader, device)
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

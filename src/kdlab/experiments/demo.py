@@ -14,9 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import config as cfg
-from .errors import KdlabError
-from .run import run_distill, run_train
+from kdlab import config as cfg
+from kdlab.engine.reliability import load_bins
+from kdlab.errors import KdlabError
+from kdlab.experiments.report import mean_std
+from kdlab.runner.distill import run_distill
+from kdlab.runner.train import run_train
 
 TEACHER = "resnet20"
 STUDENT = "resnet8"
@@ -79,8 +82,6 @@ def _report_line(name: str, summary: dict[str, Any], start: float) -> None:
 
 def summarise(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Mean ± std of last-epoch top-1 and ECE per row; gain against the baseline's mean."""
-    from .report import mean_std
-
     rows = []
     for name, runs in results.items():
         top1, top1_std = mean_std(r["last"]["test_top1"] for r in runs)
@@ -112,8 +113,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def plot(results: dict[str, list[dict[str, Any]]], rows: list[dict[str, Any]], path: Path) -> Path:
     """Accuracy bars (mean ± std) and reliability diagrams of the last epoch of each run's first seed."""
-    from .plots import draw_reliability, pyplot
-    from .reliability import load_bins
+    from kdlab.experiments.plots import draw_reliability, pyplot
 
     plt = pyplot()
     names = [r["name"] for r in rows]

@@ -21,37 +21,22 @@ from a baseline run's final *training* accuracy (test accuracy would leak the te
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import KdlabError
-
-
-def virtual_teacher_confidence(num_classes: int, correct_prob: float = 0.99, temperature: float = 20.0) -> float:
-    """q_y, the probability Tf-KD's virtual teacher puts on the label (the same for every sample)."""
-    other = (1.0 - correct_prob) / (num_classes - 1)
-    exponent = min(-(correct_prob - other) / temperature, 700.0)  # exp overflows beyond ~709
-    return 1.0 / (1.0 + (num_classes - 1) * math.exp(exponent))
-
-
-def calibrated_temperature(num_classes: int, target_accuracy: float, correct_prob: float = 0.99) -> float:
-    """The τ at which the virtual teacher's confidence q_y equals `target_accuracy` (see the module docstring)."""
-    if num_classes < 2:
-        raise KdlabError(f"a virtual teacher needs at least 2 classes, got {num_classes}")
-    chance = 1.0 / num_classes
-    if not chance < target_accuracy < 1.0:
-        raise KdlabError(f"method.tfkd_virtual.calibrate={target_accuracy} is not a target accuracy between chance "
-                         f"({chance:.3g} for {num_classes} classes) and 1; use e.g. calibrate=0.9, or 0 to keep "
-                         f"the fixed temperature")
-    other = (1.0 - correct_prob) / (num_classes - 1)
-    if correct_prob <= other:
-        raise KdlabError(f"method.tfkd_virtual.correct_prob={correct_prob} must exceed 1/{num_classes} for the "
-                         f"virtual teacher to favour the label; the authors use 0.99")
-    return (correct_prob - other) / math.log((num_classes - 1) * target_accuracy / (1.0 - target_accuracy))
+from kdlab import config as cfg
+from kdlab import data as datasets
+from kdlab import methods
+from kdlab.engine.logging import read_metrics
+from kdlab.engine.metrics import ClassificationMeter
+from kdlab.engine.precision import pick_device
+from kdlab.errors import KdlabError
+from kdlab.losses import virtual_teacher_probs
+from kdlab.losses.calibration import calibrated_temperature
+from kdlab.runner.checkpoints import load_trained_model
 
 
 # ------------------------------------------------------------------------------------------------- the study
@@ -62,8 +47,6 @@ def calibration_study(run_dirs: list[str | Path], out: str | Path | None = None,
     A run whose method includes tfkd_virtual also gets a row for its teaching signal: q on the test labels,
     measured with the same binned ECE as the students. Returns one dict per run (numbers in percent).
     """
-    from .engine.precision import pick_device
-
     if not run_dirs:
         raise KdlabError("no run given; pass --run DIR (a kdlab run directory), once per run")
     torch_device = pick_device(device)
@@ -82,13 +65,6 @@ def calibration_study(run_dirs: list[str | Path], out: str | Path | None = None,
 
 
 def _study_run(run_dir: Path, checkpoint: str, data_root: str | None, device: torch.device) -> dict[str, Any]:
-    from . import config as cfg
-    from . import data as datasets
-    from . import methods
-    from .losses import virtual_teacher_probs
-    from .metrics import ClassificationMeter
-    from .run import load_trained_model
-
     if not (run_dir / "config.yaml").is_file():
         raise KdlabError(f"'{run_dir}' holds no kdlab run (no config.yaml); pass a run directory to --run")
     config = cfg.build([cfg.load_yaml(run_dir / "config.yaml")])
@@ -139,11 +115,9 @@ def _summary(result, entropy_sum: float) -> dict[str, Any]:
 
 def _last_train_top1(run_dir: Path) -> float | None:
     """The last epoch's training top-1 (percent) from metrics.jsonl, or None."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    return float(json.loads(lines[-1]).get("train_top1")) if lines else None
+    records = read_metrics(run_dir)
+    value = records[-1].get("train_top1") if records else None
+    return float(value) if value is not None else None
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -1,11 +1,10 @@
-"""Deep Mutual Learning: a cohort of N >= 2 students trained together from scratch (`kdlab mutual`).
+"""Deep Mutual Learning's objective (Zhang et al. 2018): a cohort of N >= 2 students trained together.
 
-Each student k minimises CE + (its variant's) KL from its peers' predictions: DML averages KL(p_l ‖ p_k)
-over the peers l ≠ k; DML_e uses KL from the peers' average prediction (seed 002 shows both give the same
-gradient). Peers' predictions are constants for student k, so one backward pass over the summed losses
-gives every student exactly its own gradient, and one SGD over all parameters equals one SGD per student
-with the same hyperparameters (SGD state is per parameter). The trainer loop is the same as for `train`.
-"""
+Each student k minimises CE + (its variant's) KL from its peers' predictions: DML averages KL(p_l || p_k)
+over the peers l != k; DML_e uses KL from the peers' average prediction. Peers' predictions are constants for
+student k, so one backward pass over the summed losses gives every student exactly its own gradient, and one
+SGD over all parameters equals one SGD per student with the same hyperparameters (SGD state is per
+parameter)."""
 
 from __future__ import annotations
 
@@ -15,12 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import losses, models
-from .config import Config
-from .engine.distributed import convert_sync_bn, current, on_main, process_group
-from .engine.objectives import StepOutput
-from .engine.trainer import Trainer
-from .errors import KdlabError
+from kdlab import losses
+from kdlab.engine.objectives import StepOutput
+from kdlab.errors import KdlabError
 
 VARIANTS = {"dml": losses.dml, "dml_e": losses.dml_ensemble}
 
@@ -84,31 +80,3 @@ class MutualObjective(nn.Module):
 def cohort_names(model_names: list[str]) -> list[str]:
     """Unique, readable names for the students: 's0_resnet32', 's1_resnet32', ..."""
     return [f"s{i}_{name}" for i, name in enumerate(model_names)]
-
-
-@process_group  # under torchrun: joins the process group for the run (docs/distributed.md)
-def run_mutual(config: Config, model_names: list[str], variant: str = "dml", resume: bool = False,
-               quiet: bool = False) -> dict[str, Any]:
-    from .run import _fit, arch_of, build_data, prepare_model, prepare_run_dir, refuse_compile, setup_runtime
-
-    if len(model_names) < 2:
-        raise KdlabError("deep mutual learning needs at least 2 students; pass --models a,b[,c...]")
-    refuse_compile(config, "kdlab mutual")
-    dist = current()
-    device = setup_runtime(config, dist)
-    train_loader, test_loader, info = build_data(config, device, dist)
-    students = [convert_sync_bn(prepare_model(models.create(n, info.num_classes, in_channels=info.in_channels,
-                                                            image_size=info.image_size), config, device),
-                                config.sync_bn, device) for n in model_names]
-    run_dir = on_main(dist, prepare_run_dir, config.out,
-                      f"{variant}-{'-'.join(model_names)}-{info.name}-s{config.seed}", resume)
-    names = cohort_names(model_names)
-    objective = MutualObjective(students, names, variant)
-    arch = {**arch_of(model_names[0], info), "cohort": model_names, "variant": variant}
-    trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch, device, distributed=dist,
-                      quiet=quiet)
-    summary = _fit(trainer, config, run_dir, resume and on_main(dist, (run_dir / "last.pt").exists))
-    last = summary["last"]
-    summary["students"] = {n: {k[len(f"test_{n}_"):]: v for k, v in last.items() if k.startswith(f"test_{n}_")}
-                           for n in [*names, "ensemble"]}
-    return summary

@@ -1,0 +1,1 @@
+"""Runners: a validated Config -> data, models, objective and Trainer, for train, distill and mutual."""

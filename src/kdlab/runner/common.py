@@ -1,0 +1,187 @@
+"""What every runner does: runtime set-up (threads, seeds, device), data loaders, the student's input
+view (cross-quality), model placement, and fitting a Trainer in its run directory (kdlab.engine.rundir)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdlab import data as datasets
+from kdlab import models
+from kdlab.config import Config, dump
+from kdlab.data.augment import resize
+from kdlab.engine import checkpoint as ckpt
+from kdlab.engine.distributed import Context
+from kdlab.engine.objectives import StepOutput, SupervisedObjective
+from kdlab.engine.precision import pick_device, precision_warning
+from kdlab.engine.trainer import Trainer
+from kdlab.errors import KdlabError
+
+
+def setup_runtime(config: Config, distributed: Context | None = None) -> torch.device:
+    """Threads, seeds and determinism for this process; returns the device (cuda:LOCAL_RANK under torchrun).
+
+    Every rank seeds with config.seed so that models are built identically; the Trainer reseeds ranks > 0."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    ckpt.seed_everything(config.seed)
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    device = distributed.device if distributed is not None else pick_device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise KdlabError("device 'cuda' was requested but no GPU is available; use --device cpu")
+    if config.sync_bn and device.type != "cuda":
+        raise KdlabError("sync_bn=true needs GPUs: PyTorch's SyncBatchNorm does not run on CPU; drop sync_bn or "
+                         "run with --device cuda")
+    warning = precision_warning(device, config.precision)
+    if warning and (distributed is None or distributed.rank == 0):
+        print(f"kdlab: warning: {warning}", file=sys.stderr)
+    return device
+
+
+
+
+
+
+def build_data(config: Config, device: torch.device, distributed: Context | None = None):
+    """Train/test loaders (this rank's shards under torchrun; data.batch_size is per process) and DataInfo."""
+    d = config.data
+    train_loader, test_loader, info = datasets.build_loaders(
+        d.name, root=d.root, batch_size=d.batch_size, test_batch_size=d.test_batch_size, fraction=d.fraction,
+        seed=config.seed, augment=d.augment, workers=d.workers,
+        num_replicas=distributed.world_size if distributed else 1, rank=distributed.rank if distributed else 0,
+        device=str(device), channels_last=config.channels_last, coarse=d.coarse, image_size=d.image_size,
+        unreadable=d.unreadable)
+    if d.fixed_augmentation and d.augment:  # one crop/flip per sample for all epochs (deterministic teacher inputs)
+        if not hasattr(train_loader, "fixed_augmentation"):
+            raise KdlabError(f"data.fixed_augmentation works with in-memory datasets (CIFAR, MNIST, digits), not "
+                             f"{d.name}; drop it or set data.augment=false")
+        train_loader.fixed_augmentation = True
+    return train_loader, test_loader, info
+
+
+def arch_of(model_name: str, info, view: InputView | None = None) -> dict[str, Any]:
+    """What a checkpoint must record to rebuild its model and check it against data; a model trained on a
+    downscaled view records the size it takes and the data size it was downscaled from."""
+    arch = {"model": model_name, "num_classes": int(info.num_classes), "in_channels": int(info.in_channels),
+            "image_size": int(info.image_size), "data": info.name}
+    if view is not None:
+        arch.update(image_size=view.size, downscaled_from=int(info.image_size), resize_mode=view.mode)
+    return arch
+
+
+class InputView:
+    """The low-resolution view of a batch (cross-quality distillation): `resize` to `size` with `mode`."""
+
+    def __init__(self, size: int, mode: str = "area"):
+        self.size, self.mode = int(size), mode
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return resize(images, self.size, self.mode)
+
+
+def student_view(config: Config, info) -> InputView | None:
+    """The student's view from data.student_resolution / data.downscale, checked against the data's size."""
+    d = config.data
+    if d.student_resolution is None and d.downscale is None:
+        return None
+    size = d.student_resolution if d.student_resolution is not None else info.image_size // d.downscale
+    flag = (f"--student-resolution {d.student_resolution}" if d.student_resolution is not None
+            else f"--downscale {d.downscale}")
+    if size > info.image_size:
+        raise KdlabError(f"{flag} asks for {size}px but {info.name} images are {info.image_size}px; the student's "
+                         f"view can only be smaller: choose 1..{info.image_size}")
+    if size < 1:
+        raise KdlabError(f"{flag} leaves less than 1px of {info.name}'s {info.image_size}px images; choose a "
+                         f"factor of at most {info.image_size}")
+    return None if size == info.image_size else InputView(size, d.student_resize_mode)
+
+
+class DownscaledInput(nn.Module):
+    """A model trained on a downscaled view, fed full-size batches: it downscales them itself (as trained).
+
+    Used for low-resolution checkpoints as teachers and in `kdlab eval`; the tap table is the model's own.
+    """
+
+    def __init__(self, model: nn.Module, view: InputView):
+        super().__init__()
+        self.model = model
+        self.view = view
+        try:
+            self.tap_points = {name: f"model.{path}" for name, path in models.tap_points(model).items()}
+        except KdlabError:
+            pass  # no tap table: logit methods still work
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.view(x))
+
+
+class LowResolutionObjective(SupervisedObjective):
+    """Cross-entropy on the downscaled view: the teacher-less baseline of cross-quality distillation."""
+
+    def __init__(self, model: nn.Module, view: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__(model)
+        self.view = view
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None = None,
+                epoch: int = 1) -> StepOutput:
+        return super().forward(self.view(images), targets, indices, epoch)
+
+
+def prepare_model(model: nn.Module, config: Config, device: torch.device) -> nn.Module:
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def maybe_compile(model: nn.Module, config: Config) -> nn.Module:
+    return torch.compile(model) if config.compile else model
+
+
+def refuse_compile(config: Config, command: str) -> None:
+    """Distillation and mutual learning run eager: their taps are forward hooks toggled per step, which
+    torch.compile would re-trace, and on the CPU compiling gave no gain (docs/architecture.md)."""
+    if config.compile:
+        raise KdlabError(f"--compile (compile=true) works with kdlab train only; {command} runs eager, so drop it")
+
+
+
+
+def _fit(trainer: Trainer, config: Config, run_dir: Path, resume: bool) -> dict[str, Any]:
+    if resume:
+        trainer.resume()
+        if trainer.start_epoch > trainer.epochs and trainer.is_main:
+            print(f"kdlab: the run in '{run_dir}' finished all {trainer.epochs} epochs; nothing to train (pass "
+                  f"--extend-to N to train it longer)", file=sys.stderr)
+    if trainer.is_main:  # only rank 0 writes the run directory
+        dump(config, run_dir / "config.yaml")
+    summary = trainer.fit()
+    summary["run_dir"] = str(run_dir)
+    return summary
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+

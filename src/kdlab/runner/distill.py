@@ -1,0 +1,107 @@
+"""`kdlab distill` (and `kdlab.distill(config)`): teachers distilled into a student with a method,
+including the initialisation stage of two-stage methods."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from kdlab import models
+from kdlab.config import Config
+from kdlab.distillation.loss import DistillationLoss, mix_weights
+from kdlab.distillation.teacher_cache import attach_teacher_cache
+from kdlab.engine.distributed import Context, convert_sync_bn, current, on_main, process_group
+from kdlab.engine.rundir import prepare_run_dir
+from kdlab.engine.trainer import Trainer
+from kdlab.errors import KdlabError
+from kdlab.methods import parse
+from kdlab.runner.checkpoints import (
+    load_teachers,
+)
+from kdlab.runner.common import (
+    _fit,
+    arch_of,
+    build_data,
+    prepare_model,
+    refuse_compile,
+    setup_runtime,
+    student_view,
+)
+
+
+@process_group  # under torchrun: joins the process group for the run (docs/distributed.md)
+def run_distill(config: Config, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Distill the teacher(s) of `config` into `config.model` with `config.method`."""
+    if not config.method:
+        raise KdlabError("no method given; pass --method NAME (see 'kdlab list methods')")
+    refuse_compile(config, "kdlab distill")
+    parse(config.method, config.methods)  # validate names and hyperparameters before loading anything
+    if config.teacher_mix is not None:
+        mix_weights(config.teacher_mix, len(config.teachers) + bool(config.teacher_model))
+    dist = current()
+    device = setup_runtime(config, dist)
+    train_loader, test_loader, info = build_data(config, device, dist)
+    view = student_view(config, info)  # cross-quality: the student sees a downscaled view of the batch
+    teachers = [prepare_model(t, config, device) for t in load_teachers(config, info)]
+    teacher_name = ("+".join(Path(t).parent.name for t in config.teachers) if config.teachers
+                    else (config.teacher_model or "none"))
+    run_dir = on_main(dist, prepare_run_dir, config.out,
+                      f"{config.method}-{teacher_name}-{config.model}-s{config.seed}", resume)
+    student = prepare_model(models.create(config.model, info.num_classes, in_channels=info.in_channels,
+                                          image_size=view.size if view else info.image_size), config, device)
+    student = convert_sync_bn(student, config.sync_bn, device)
+    objective = DistillationLoss(
+        teachers or None, student, method=config.method, ce_weight=config.ce_weight,
+        hparams=config.methods, input_shape=(info.in_channels, info.image_size, info.image_size),
+        train_targets=getattr(getattr(train_loader, "dataset", None), "targets", None),
+        train_indices=getattr(getattr(train_loader, "dataset", None), "indices", None),
+        epochs=config.optim.epochs, num_classes=info.num_classes, student_input=view,
+        teacher_mix=config.teacher_mix).to(device)
+    # --cache-teacher: refuse non-deterministic inputs; load the disk cache or size the new one before training.
+    attach_teacher_cache(config, objective, train_loader, (info.in_channels, info.image_size, info.image_size),
+                         device, dist, quiet)
+    arch = arch_of(config.model, info, view)
+    run_init_stage(config, objective, train_loader, test_loader, run_dir, arch, device, resume, quiet, dist)
+    trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch, device, eval_transform=view,
+                      distributed=dist, quiet=quiet)
+    return _fit(trainer, config, run_dir, resume and on_main(dist, (run_dir / "last.pt").exists))
+
+
+def init_epochs(config: Config) -> int:
+    """Epochs of the init stage: --init-epochs, else 30 on CIFAR (CRD's benchmark) and 5 elsewhere."""
+    if config.init_epochs is not None:
+        return config.init_epochs
+    return 30 if config.data.name in ("cifar10", "cifar100") else 5
+
+
+def run_init_stage(config: Config, objective, train_loader, test_loader, run_dir: Path, arch, device,
+                   resume: bool, quiet: bool, distributed: Context | None = None) -> None:
+    """The initialisation stage of two-stage methods, in run_dir/init/ (checkpointed and resumable).
+
+    RepDistiller's protocol: SGD at the base LR with the same momentum and weight decay, no CE, the
+    methods' init losses only. A finished init stage is loaded rather than repeated on resume.
+    """
+    epochs = init_epochs(config)
+    if not objective.init_methods() or epochs == 0:
+        return
+    init_dir = run_dir / "init"
+    init_config = copy.deepcopy(config)
+    init_config.optim.epochs = epochs
+    init_config.optim.schedule = "constant"
+    init_config.optim.warmup_epochs = 0
+    init_config.optim.extend_to = None  # --extend-to lengthens the main stage only
+    objective.set_phase("init")
+    trainer = Trainer(init_config, objective, train_loader, test_loader, init_dir, arch, device,
+                      distributed=distributed, quiet=quiet)
+    state_path = init_dir / "last.pt"
+    if on_main(distributed, state_path.exists):  # rank 0 decides for all
+        trainer.resume()
+    if trainer.start_epoch <= epochs:
+        if trainer.is_main:
+            if not quiet:
+                print(f"init stage: {epochs} epochs of {', '.join(m.name for m in objective.init_methods())}",
+                      flush=True)
+            init_dir.mkdir(parents=True, exist_ok=True)
+        trainer.fit()
+    objective.set_phase("main")

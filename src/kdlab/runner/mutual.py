@@ -1,0 +1,42 @@
+"""`kdlab mutual`: a cohort of students trained together from scratch with Deep Mutual Learning
+(kdlab.distillation.mutual), in the same trainer loop as `kdlab train`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdlab import models
+from kdlab.config import Config
+from kdlab.distillation.mutual import MutualObjective, cohort_names
+from kdlab.engine.distributed import convert_sync_bn, current, on_main, process_group
+from kdlab.engine.rundir import prepare_run_dir
+from kdlab.engine.trainer import Trainer
+from kdlab.errors import KdlabError
+from kdlab.runner.common import _fit, arch_of, build_data, prepare_model, refuse_compile, setup_runtime
+
+
+@process_group  # under torchrun: joins the process group for the run (docs/distributed.md)
+def run_mutual(config: Config, model_names: list[str], variant: str = "dml", resume: bool = False,
+               quiet: bool = False) -> dict[str, Any]:
+
+    if len(model_names) < 2:
+        raise KdlabError("deep mutual learning needs at least 2 students; pass --models a,b[,c...]")
+    refuse_compile(config, "kdlab mutual")
+    dist = current()
+    device = setup_runtime(config, dist)
+    train_loader, test_loader, info = build_data(config, device, dist)
+    students = [convert_sync_bn(prepare_model(models.create(n, info.num_classes, in_channels=info.in_channels,
+                                                            image_size=info.image_size), config, device),
+                                config.sync_bn, device) for n in model_names]
+    run_dir = on_main(dist, prepare_run_dir, config.out,
+                      f"{variant}-{'-'.join(model_names)}-{info.name}-s{config.seed}", resume)
+    names = cohort_names(model_names)
+    objective = MutualObjective(students, names, variant)
+    arch = {**arch_of(model_names[0], info), "cohort": model_names, "variant": variant}
+    trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch, device, distributed=dist,
+                      quiet=quiet)
+    summary = _fit(trainer, config, run_dir, resume and on_main(dist, (run_dir / "last.pt").exists))
+    last = summary["last"]
+    summary["students"] = {n: {k[len(f"test_{n}_"):]: v for k, v in last.items() if k.startswith(f"test_{n}_")}
+                           for n in [*names, "ensemble"]}
+    return summary

@@ -1,0 +1,40 @@
+"""`kdlab train` (and `kdlab.train(config)`): a model trained with cross-entropy, teachers and baselines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdlab import models
+from kdlab.config import Config
+from kdlab.engine.distributed import convert_sync_bn, current, on_main, process_group
+from kdlab.engine.objectives import SupervisedObjective
+from kdlab.engine.rundir import prepare_run_dir
+from kdlab.engine.trainer import Trainer
+from kdlab.runner.common import (
+    LowResolutionObjective,
+    _fit,
+    arch_of,
+    build_data,
+    maybe_compile,
+    prepare_model,
+    setup_runtime,
+    student_view,
+)
+
+
+@process_group  # under torchrun: joins the process group for the run (docs/distributed.md)
+def run_train(config: Config, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Train `config.model` with cross-entropy (teachers and baseline students)."""
+    dist = current()
+    device = setup_runtime(config, dist)
+    train_loader, test_loader, info = build_data(config, device, dist)
+    view = student_view(config, info)  # --student-resolution: the low-resolution baseline
+    run_dir = on_main(dist, prepare_run_dir, config.out, f"{config.model}-{info.name}-s{config.seed}", resume)
+    model = prepare_model(models.create(config.model, info.num_classes, in_channels=info.in_channels,
+                                        image_size=view.size if view else info.image_size), config, device)
+    model = convert_sync_bn(model, config.sync_bn, device)
+    objective = (SupervisedObjective(maybe_compile(model, config)) if view is None
+                 else LowResolutionObjective(maybe_compile(model, config), view))
+    trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch_of(config.model, info, view),
+                      device, eval_transform=view, distributed=dist, quiet=quiet)
+    return _fit(trainer, config, run_dir, resume and on_main(dist, (run_dir / "last.pt").exists))
