@@ -1,4 +1,4 @@
-"""Distillation throughput (images/s) against plain student training, through kdlab's trainer (issues 3, 4).
+"""Distillation throughput (images/s) against plain student training, through kdlab's trainer.
 
 Pair table: for each teacher->student pair and precision, in the same run (interleaved per repeat):
   student  Trainer.train_epoch of the student alone (SupervisedObjective),

@@ -1,4 +1,4 @@
-"""kdlab's KD loop against the standard reference distillation loop, side by side in one run (issue 6).
+"""kdlab's KD loop against the standard reference distillation loop, side by side in one run.
 
 The reference loop is the one most CIFAR KD code runs (the CRD/RepDistiller `train_distill` pattern),
 implemented here from its description, not copied:
@@ -25,7 +25,7 @@ When 2x the reference needs more than that peak, no fp32 loop doing the same ari
 here: only less arithmetic (native bf16, a cached teacher) can.
 
     python benchmarks/reference_loop.py --quick                       # < 2 minutes, checks the script
-    python benchmarks/reference_loop.py --threads 2 --data-root ../shared/data --json reference.json
+    python benchmarks/reference_loop.py --threads 2 --data-root $KDLAB_DATA --json reference.json
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ from kdlab.engine.precision import cpu_bf16_is_native
 
 PAIRS = (("resnet56", "resnet20"), ("resnet32x4", "resnet8x4"))
 TARGET = 2.0  # kdlab KD in its fastest mode on this CPU over the fastest reference loop
-TEMPERATURE, CE_WEIGHT, KD_WEIGHT = 4.0, 0.1, 0.9  # the CRD codebase's KD defaults (METHODS.md, KD)
+TEMPERATURE, CE_WEIGHT, KD_WEIGHT = 4.0, 0.1, 0.9  # the CRD codebase's KD defaults (docs/methods.md#kd)
 
 FULL = {"repeats": 5, "iters": 10, "warmup": 3, "batch_size": 64, "image_size": 32, "train_size": 50_000}
 QUICK = {"repeats": 1, "iters": 2, "warmup": 1, "batch_size": 16, "image_size": 16, "train_size": 512}

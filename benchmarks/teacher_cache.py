@@ -1,4 +1,4 @@
-"""Teacher-output caching (issue 6): KD throughput with a warm teacher cache against plain student training.
+"""Teacher-output caching: KD throughput with a warm teacher cache against plain student training.
 
 Three cases, interleaved per repeat in the same run, all through `Trainer.train_epoch` and the same loader:
   student    the student alone (SupervisedObjective),
@@ -11,7 +11,7 @@ filled once before timing by a full pass of the teacher over the training set (i
 
     python benchmarks/teacher_cache.py --quick                     # < 1 minute: checks the script
     python benchmarks/teacher_cache.py --threads 1 --json cache.json
-    python benchmarks/teacher_cache.py --threads 1 --data-root ../shared/data --train-size 4096
+    python benchmarks/teacher_cache.py --threads 1 --data-root $KDLAB_DATA --train-size 4096
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training throughput (images/s) of CIFAR models through kdlab's trainer, per precision mode (issue 2).
+"""Training throughput (images/s) of CIFAR models through kdlab's trainer, per precision mode.
 
 For every model and mode (fp32, channels_last, bf16, bf16+channels_last) it times
   (a) the bare step: Trainer.train_epoch over pre-made batches already in memory (forward, backward, SGD),
@@ -10,7 +10,7 @@ pipeline's cost. Cases are interleaved per repeat; ratios are medians of per-rep
 
     python benchmarks/train_throughput.py --quick                 # < 2 minutes, checks the script
     python benchmarks/train_throughput.py --threads 2 --json train.json
-    python benchmarks/train_throughput.py --data-root ../shared/data --models resnet20 --modes fp32,bf16
+    python benchmarks/train_throughput.py --data-root $KDLAB_DATA --models resnet20 --modes fp32,bf16
 """
 
 from __future__ import annotations

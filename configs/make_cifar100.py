@@ -1,23 +1,38 @@
 """Writes configs/cifar100/: training configs (teachers and baseline students) and one config per
-teacher/student pair and method, with each method's published hyperparameters and the published top-1.
+teacher/student pair and method, with the published top-1 of that pair and method in its header.
 
-Run from the repository root: `python configs/make_cifar100.py` (it overwrites configs/cifar100/*). Sources:
-../shared/RESULTS.md §2.1-§2.3 (numbers, recipes) and ../shared/METHODS.md §3-§26 (hyperparameters).
-tests/test_sweep_report.py loads every file through kdlab.config.build and kdlab.methods.parse.
+A method config holds only what differs from kdlab's defaults: a method's defaults live in its class
+(`kdlab.methods.get(name).defaults` and `.ce_weight`, described in docs/methods.md), so a config that sets
+nothing for a method runs it with the published values. `published_hparams` below lists every value the
+sources use; `deviations` keeps the ones that differ from the class (DKD's beta per pair, ReviewKD's weight
+per pair, CC's RepDistiller variant, ...), and the header names all of them with their source.
+
+Run from the repository root: `.venv/bin/python configs/make_cifar100.py` (it overwrites configs/cifar100/*).
+Recipes: the CRD/RepDistiller CIFAR-100 protocol (github.com/HobbitLong/RepDistiller `train_student.py`,
+`train_teacher.py`), which kdlab's cifar100 defaults follow. Numbers: the papers' CIFAR-100 tables as their
+repositories print them (SOURCES below). tests/test_sweep_report.py loads every file through kdlab.config.build
+and kdlab.methods.parse and checks the per-pair values.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from kdlab import config as cfg
+from kdlab import methods
+from kdlab.runner.distill import init_epochs
+
 OUT = Path(__file__).resolve().parent / "cifar100"
-LIGHT = ("mobilenetv2", "shufflenetv1", "shufflenetv2")  # lr 0.01 in the CRD protocol (RESULTS.md §2.1)
+LIGHT = ("mobilenetv2", "shufflenetv1", "shufflenetv2")  # lr 0.01 in the CRD protocol (RepDistiller train_student.py)
 TEACHERS = ("resnet56", "resnet110", "resnet32x4", "wrn_40_2", "vgg13", "resnet18")
-# Teacher/student pairs of RESULTS.md §2.2 (same architecture family) and §2.3 (cross-architecture).
+# Teacher/student pairs of the CRD benchmark's CIFAR-100 tables (Tian et al., ICLR 2020): same architecture family
+# and cross-architecture.
 # R50→MV2 and R50→VGG8 are left out: the zoo has no CIFAR ResNet-50 (CRD's bottleneck ResNet50).
-# dkd_beta: mdistiller configs/cifar100/dkd/*.yaml (METHODS.md §24); reviewkd: official reviewKD.sh (§25).
+# dkd_beta: github.com/megvii-research/mdistiller configs/cifar100/dkd/*.yaml (docs/methods.md#dkd); reviewkd:
+# --kd-loss-weight of github.com/dvlab-research/ReviewKD CIFAR-100/script/reviewKD.sh (docs/methods.md#reviewkd).
 PAIRS = {
     "resnet56-resnet20": {"dkd_beta": 2.0, "reviewkd": 0.6, "same": True, "col": 0},
     "resnet110-resnet32": {"dkd_beta": 2.0, "reviewkd": 1.0, "same": True, "col": 1},
@@ -38,7 +53,7 @@ ASSUMED = {
     ("vgg13-vgg8", "reviewkd"): (5.0, "not in reviewKD.sh; the mdistiller default 5.0"),
     ("vgg13-mobilenetv2", "reviewkd"): (5.0, "not in reviewKD.sh; the mdistiller default 5.0"),
 }
-# Published top-1 (RESULTS.md). Same-architecture columns: R56→R20, R110→R32, R32x4→R8x4, W40-2→W16-2,
+# Published top-1 (sources: SOURCES). Same-architecture columns: R56→R20, R110→R32, R32x4→R8x4, W40-2→W16-2,
 # W40-2→W40-1, VGG13→VGG8, R110→R20. Cross-architecture columns: VGG13→MV2, R32x4→SV1, R32x4→SV2, W40-2→SV1.
 SAME = {
     "teacher": ("R", "72.34 74.31 79.42 75.61 75.61 74.64 74.31"),
@@ -85,57 +100,91 @@ CROSS = {
     "lskd": ("L", "68.61 - 75.56 -"),
     "dkd_ls": ("L", "69.98 - 77.37 -"),
 }
-SOURCES = {"R": "HobbitLong/RepDistiller README, last epoch", "M": "megvii-research/mdistiller README, best epoch, "
-           "mean of 5 runs", "D": "hunto/DIST_KD README", "L": "sunshangquan/logit-standardization-KD README",
-           "ND": "WangYZ1608/Knowledge-Distillation-via-ND README, quoting other papers"}
+SOURCES = {
+    "R": "Tian, Krishnan, Isola, ICLR 2020 (arXiv:1910.10699), as in the github.com/HobbitLong/RepDistiller README; "
+         "last epoch",
+    "M": "Zhao et al., CVPR 2022 (arXiv:2203.08679), as in the github.com/megvii-research/mdistiller README; best "
+         "epoch, mean of 5 runs",
+    "D": "Huang et al., NeurIPS 2022 (arXiv:2205.10536), as in the github.com/hunto/DIST_KD README",
+    "L": "Sun et al., CVPR 2024 (arXiv:2403.01427), as in the github.com/sunshangquan/logit-standardization-KD README",
+    "ND": "the ReviewKD paper's comparison (Chen et al., CVPR 2021, arXiv:2104.09044) as quoted by the "
+          "github.com/WangYZ1608/Knowledge-Distillation-via-ND README",
+}
 
 
-def method_configs(pair: str, info: dict) -> dict[str, tuple[str, dict, str]]:
-    """method file name -> (method spec, extra config keys, why these values)."""
+def published_hparams(pair: str, info: dict) -> dict[str, tuple[str, dict, str]]:
+    """method file name -> (method spec, every published setting, where it comes from)."""
     beta = info["dkd_beta"] or ASSUMED[(pair, "dkd_beta")][0]
     review = info["reviewkd"] or ASSUMED[(pair, "reviewkd")][0]
-    rep = "RepDistiller scripts/run_cifar_distill.sh (METHODS.md §3)"
+    rep = "github.com/HobbitLong/RepDistiller scripts/run_cifar_distill.sh"
     configs = {
         "kd": ("kd", {"ce_weight": 0.1, "methods": {"kd": {"weight": 0.9, "temperature": 4.0}}},
-               "CRD protocol: -r 0.1 -a 0.9, T 4 (METHODS.md §4)"),
+               f"{rep}: -r 0.1 -a 0.9 -b 0, --kd_T 4"),
         "fitnet": ("fitnet", {"methods": {"fitnet": {"weight": 100.0, "hint_stage": -2}}},
-                   f"{rep}: -b 100, hint layer 2, one stage"),
+                   f"{rep}: -b 100, --hint_layer 2, one stage"),
         "at": ("at", {"methods": {"at": {"weight": 1000.0, "p": 2.0}}}, f"{rep}: -b 1000, p 2"),
         "sp": ("sp", {"methods": {"sp": {"weight": 3000.0}}}, f"{rep}: -b 3000"),
         "cc": ("cc", {"methods": {"cc": {"variant": "repdistiller", "weight": 0.02}}},
-               f"{rep}: -b 0.02, RepDistiller's shipped CC loss (METHODS.md §23)"),
+               f"{rep}: -b 0.02 with RepDistiller's own CC loss (distiller_zoo/CC.py), which its numbers use"),
         "vid": ("vid", {"methods": {"vid": {"weight": 1.0, "init_variance": 5.0}}}, f"{rep}: -b 1"),
         "rkd": ("rkd", {"methods": {"rkd": {"weight": 1.0, "distance_weight": 25.0, "angle_weight": 50.0}}},
-                f"{rep}: -b 1 (distance 25, angle 50)"),
+                f"{rep}: -b 1 (RKDLoss distance 25, angle 50)"),
         "pkt": ("pkt", {"methods": {"pkt": {"weight": 30000.0}}}, f"{rep}: -b 30000"),
         "ab": ("ab", {"init_epochs": 30, "methods": {"ab": {"main": "ce", "init_weight": 0.003}}},
-               f"{rep}: --init_epochs 30, then CE only (METHODS.md §14)"),
+               f"{rep}: --init_epochs 30, then CE only"),
         "ft": ("ft", {"init_epochs": 30, "methods": {"ft": {"weight": 500.0, "rate": 0.5}}},
-               "authors' formula and beta 500 (RepDistiller's variant uses 200); --init_epochs 30 (METHODS.md §13)"),
-        "fsp": ("fsp", {"init_epochs": 30}, f"{rep}: --init_epochs 30"),
+               "the authors' loss and --beta 500 --rate 0.5 (github.com/Jangho-Kim/Factor-Transfer-pytorch; "
+               "RepDistiller's variant uses 200); --init_epochs 30 as RepDistiller"),
+        "fsp": ("fsp", {"init_epochs": 30}, f"{rep}: --init_epochs 30, then CE only"),
         "nst": ("nst", {"methods": {"nst": {"weight": 50.0}}}, f"{rep}: -b 50"),
         "crd": ("crd", {"methods": {"crd": {"weight": 0.8, "feat_dim": 128, "num_negatives": 16384,
                                             "temperature": 0.07, "momentum": 0.5}}},
-                f"{rep}: -a 0 -b 0.8, K 16384, tau 0.07, m 0.5, dim 128 (METHODS.md §21)"),
-        "od": ("od", {"methods": {"od": {"weight": 0.001}}}, "mdistiller OFD: weight 1e-3 (METHODS.md §10)"),
+                f"{rep}: -a 0 -b 0.8, --nce_k 16384 --nce_t 0.07 --nce_m 0.5 --feat_dim 128"),
+        "od": ("od", {"methods": {"od": {"weight": 0.001}}},
+               "github.com/megvii-research/mdistiller OFD FEAT_WEIGHT 1e-3 (the authors' CIFAR loss / 1000)"),
         "reviewkd": ("reviewkd", {"methods": {"reviewkd": {"weight": review, "warmup": 20}}},
-                     "official reviewKD.sh --kd-loss-weight for this pair, warm-up 20 (METHODS.md §25)"),
+                     "github.com/dvlab-research/ReviewKD CIFAR-100/script/reviewKD.sh: --kd-loss-weight for this "
+                     "pair, --kd-warm-up 20"),
         "dkd": ("dkd", {"methods": {"dkd": {"alpha": 1.0, "beta": beta, "temperature": 4.0, "warmup": 20}}},
-                "mdistiller configs/cifar100/dkd: CE 1, alpha 1, beta per pair, T 4, warm-up 20 (METHODS.md §24)"),
+                "github.com/megvii-research/mdistiller configs/cifar100/dkd/: CE 1, alpha 1, beta for this pair, "
+                "T 4, warm-up 20"),
         "dist": ("dist", {"methods": {"dist": {"weight": 2.0, "beta": 1.0, "gamma": 1.0, "temperature": 4.0}}},
-                 "dist_cifar.yaml: kd_loss_weight 2, tau 4, beta = gamma = 1 (METHODS.md §19)"),
+                 "github.com/hunto/image_classification_sota configs/strategies/distill/dist_cifar.yaml: "
+                 "kd_loss_weight 2, dist_t4 (tau 4), beta = gamma = 1"),
         "lskd": ("lskd", {"ce_weight": 0.1, "methods": {"lskd": {"weight": 9.0, "temperature": 2.0}}},
-                 "logit-standardization-KD: --base-temp 2 --kd-weight 9, CE 0.1 (METHODS.md §26)"),
+                 "github.com/sunshangquan/logit-standardization-KD: --base-temp 2 --kd-weight 9, CE 0.1"),
         "dkd_ls": ("dkd", {"methods": {"dkd": {"alpha": 9.0, "beta": 9.0 * beta, "temperature": 2.0, "warmup": 20,
                                                "standardize": True}}},
-                   "DKD+LS: standardised logits, alpha and beta times kd-weight 9, T 2 (METHODS.md §26)"),
+                   "DKD+LS of github.com/sunshangquan/logit-standardization-KD: standardised logits, alpha and "
+                   "this pair's beta times kd-weight 9, T 2"),
     }
     if not info["same"] or info.get("no_fsp"):
-        del configs["fsp"]  # FSP needs matching spatial sizes; RepDistiller lists it as N/A here
+        del configs["fsp"]  # RepDistiller's FSP needs equal widths; the CRD benchmark lists it as N/A here
     return configs
 
 
-def published(pair: str, info: dict, row: str) -> str:
+def deviations(spec: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The published `settings` less whatever equals kdlab's defaults (the method class, the cifar100 recipe)."""
+    cls = methods.get(spec)
+    published = dict(settings.get("methods", {}).get(spec, {}))
+    target = methods.create(spec, **published).hp
+    kept = dict(published)
+    for key in list(kept):
+        trial = {k: v for k, v in kept.items() if k != key}
+        if methods.create(spec, **trial).hp == target:  # the default (or the variant's default) gives it
+            del kept[key]
+    out: dict[str, Any] = {}
+    if "ce_weight" in settings and settings["ce_weight"] != cls.ce_weight:
+        out["ce_weight"] = settings["ce_weight"]
+    cifar_init_epochs = init_epochs(cfg.build([{"data": {"name": "cifar100"}}]))  # kdlab's default: 30
+    if "init_epochs" in settings and settings["init_epochs"] != cifar_init_epochs:
+        out["init_epochs"] = settings["init_epochs"]
+    out["methods"] = {spec: kept} if kept else {}
+    return out
+
+
+def published(pair: str, info: dict, row: str, used: dict[str, str]) -> str:
+    """The published top-1 of `row` for this pair with its source's tag, recording the tag in `used`."""
     source, values = (SAME if info["same"] else CROSS).get(row, ("", ""))
     cells = values.split()
     value = cells[info["col"]] if cells else "-"
@@ -143,13 +192,21 @@ def published(pair: str, info: dict, row: str) -> str:
         return "not published for this pair"
     tag = source.split(",")[0]
     detail = f", {source.split(', ', 1)[1]}" if ", " in source else ""
-    return f"{value} [{SOURCES[tag]}{detail}]"
+    used[tag] = SOURCES[tag]
+    return f"{value} [{tag}{detail}]"
 
 
 def dump(path: Path, header: list[str], body: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(f"# {line}\n" for line in header) + yaml.safe_dump(body, sort_keys=False)
     path.write_text(text)
+
+
+def describe(settings: dict[str, Any]) -> str:
+    """'ce_weight 0.1, init_epochs 30, beta 2.0' for the header."""
+    items = [(k, v) for k, v in settings.items() if k != "methods"]
+    items += [(k, v) for hp in settings.get("methods", {}).values() for k, v in hp.items()]
+    return ", ".join(f"{k} {v}" for k, v in items)
 
 
 def main() -> None:
@@ -159,29 +216,37 @@ def main() -> None:
         role = "teacher" if model in TEACHERS else "student"
         out = f"runs/cifar100/{'teachers' if role == 'teacher' else 'students'}/{model}"
         dump(OUT / "train" / f"{model}.yaml",
-             [f"{model} on CIFAR-100 with the CRD/RepDistiller recipe (RESULTS.md §2.1): 240 epochs, SGD 0.9,",
-              f"lr {lr}, x0.1 at 150/180/210, batch 64, weight decay 5e-4, crop+flip.",
+             [f"{model} on CIFAR-100 with the CRD/RepDistiller recipe (github.com/HobbitLong/RepDistiller",
+              f"train_teacher.py, train_student.py): 240 epochs, SGD 0.9, lr {lr}, x0.1 at 150/180/210, batch 64,",
+              "weight decay 5e-4, crop+flip.",
               f"kdlab train --config configs/cifar100/train/{model}.yaml --data-root DIR --seed 0 --out {out}"],
              {"model": model, "data": {"name": "cifar100", "batch_size": 64},
               "optim": {"epochs": 240, "lr": lr, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
                         "milestones": [150, 180, 210], "gamma": 0.1}})
     for pair, info in PAIRS.items():
         teacher, student = pair.split("-")
-        for name, (spec, extra, why) in method_configs(pair, info).items():
-            header = [f"{teacher} -> {student} on CIFAR-100, {name}; the standard recipe (RESULTS.md §2.1) from",
-                      "kdlab's cifar100 defaults (240 epochs, lr 0.05 or 0.01 for MobileNet/ShuffleNet students).",
-                      f"Hyperparameters: {why}."]
+        for name, (spec, settings, why) in published_hparams(pair, info).items():
+            changed = deviations(spec, settings)
+            sets = describe(changed)
+            header = [f"{teacher} -> {student} on CIFAR-100, {name}; the CRD/RepDistiller recipe from kdlab's cifar100",
+                      "defaults (240 epochs, SGD 0.9, lr 0.05 or 0.01 for MobileNet/ShuffleNet students, x0.1 at",
+                      "150/180/210, batch 64, weight decay 5e-4).",
+                      f"Published hyperparameters: {describe(settings)}; from {why}.",
+                      f"This file sets only what differs from kdlab's defaults (docs/methods.md#{spec}): "
+                      f"{sets or 'nothing'}."]
             for key in ("dkd_beta", "reviewkd"):
                 if (pair, key) in ASSUMED and name in ({"dkd_beta": ("dkd", "dkd_ls"), "reviewkd": ("reviewkd",)}[key]):
                     header.append(f"ASSUMED {key.replace('_', ' ')}: {ASSUMED[(pair, key)][1]}.")
-            header += [f"Published top-1: {published(pair, info, name)}; teacher {published(pair, info, 'teacher')}"
-                       f", student {published(pair, info, 'student')}.",
+            used: dict[str, str] = {}
+            header += [f"Published top-1: {published(pair, info, name, used)}; teacher "
+                       f"{published(pair, info, 'teacher', used)}, student {published(pair, info, 'student', used)}.",
+                       *(f"[{tag}] {text}." for tag, text in used.items()),
                        f"Teacher first: kdlab train --config configs/cifar100/train/{teacher}.yaml --data-root DIR "
                        f"--out runs/cifar100/teachers/{teacher}",
                        f"Then: kdlab distill --config configs/cifar100/{pair}/{name}.yaml --data-root DIR --seed 0"]
             body = {"model": student, "teachers": [f"runs/cifar100/teachers/{teacher}/best.pt"], "method": spec,
-                    **{k: v for k, v in extra.items() if k != "methods"},
-                    "methods": extra.get("methods", {}), "data": {"name": "cifar100"}}
+                    **{k: v for k, v in changed.items() if k != "methods"},
+                    **({"methods": changed["methods"]} if changed["methods"] else {}), "data": {"name": "cifar100"}}
             dump(OUT / pair / f"{name}.yaml", header, body)
 
 

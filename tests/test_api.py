@@ -63,3 +63,18 @@ def test_kdlab_train_from_a_dict(tmp_path):
     summary = kdlab.train({"model": "resnet8", "data": {"name": "digits", "fraction": 0.3},
                            "optim": {"epochs": 1}, "out": str(tmp_path / "t")})
     assert summary["epochs"] == 1 and (tmp_path / "t" / "best.pt").exists()
+
+
+def test_teacher_mix_is_checked_where_it_enters(tmp_path):
+    import pytest
+
+    from kdlab.errors import KdlabError
+
+    with pytest.raises(KdlabError, match="3 weights for 2 teachers"):  # config: its teachers are counted
+        kdlab.distill({"teachers": ["a.pt", "b.pt"], "teacher_mix": [1, 1, 1], "method": "kd", "model": "resnet8",
+                       "out": str(tmp_path / "c")})
+    assert not (tmp_path / "c").exists()
+    train, test = digits_loaders()
+    with pytest.raises(KdlabError, match="3 weights for 2 teachers"):  # objects: DistillationLoss counts them
+        kdlab.distill(teacher=[OwnNet(4), OwnNet(4)], student=OwnNet(4), train_loader=train, test_loader=test,
+                      epochs=1, out=tmp_path / "o", num_classes=10, teacher_mix=[1, 1, 1])

@@ -204,3 +204,13 @@ def test_report_names_a_corrupt_summary_json(teacher_run, tmp_path, capsys):
     assert main(["train", "--out", str(run_dir), "--resume", "--quiet"]) == 0  # the fix the message names
     code, out, err = run(["report", str(tmp_path / "runs")], capsys)
     assert code == 0 and "resnet8" in out, err
+
+
+def test_every_command_has_one_handler(capsys):
+    import argparse
+
+    from kdlab.cli import COMMANDS, build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(COMMANDS) == set(sub.choices)
+    assert main([]) == 2 and "COMMAND" in capsys.readouterr().out  # no command: the help, exit 2

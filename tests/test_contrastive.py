@@ -66,9 +66,9 @@ def test_crd_scores_formula_and_errors():
     anchor, rows = _unit(3, 5, seed=4), _unit(3, 4, 5, seed=5)
     expected = torch.exp(torch.einsum("bd,bkd->bk", anchor, rows) / 0.07)
     torch.testing.assert_close(crd_scores(anchor, rows), expected)
-    with pytest.raises(KdlabError, match="memory rows"):
+    with pytest.raises(ValueError, match="memory rows"):
         crd_scores(anchor, _unit(3, 4, 6))
-    with pytest.raises(KdlabError, match="K >= 1"):
+    with pytest.raises(ValueError, match="K >= 1"):
         crd_nce(torch.ones(3, 1), 10)
 
 

@@ -319,7 +319,7 @@ def test_virtual_teacher_confidence_matches_the_signal():
     q = losses.virtual_teacher_probs(torch.tensor([0]), 100, correct_prob=0.99, temperature=20.0,
                                      dtype=torch.float64)
     assert virtual_teacher_confidence(100, 0.99, 20.0) == pytest.approx(float(q[0, 0]), rel=1e-12)
-    assert 0.0104 < float(q[0, 0]) < 0.0106  # METHODS.md §12: q_y ≈ 0.0105 for K=100, τ=20
+    assert 0.0104 < float(q[0, 0]) < 0.0106  # docs/methods.md#tfkd_virtual: q_y ≈ 0.0105 for K=100, τ=20
 
 
 def test_calibrate_hyperparameter_sets_the_temperature():

@@ -7,6 +7,7 @@ from torch import nn
 import kdlab.losses as L
 from kdlab.distillation.loss import DistillationLoss
 from kdlab.errors import KdlabError
+from kdlab.methods.base import Method
 
 
 class TinyNet(nn.Module):
@@ -215,3 +216,111 @@ def test_kdsvd_svd_failure_is_one_kdlab_error_naming_the_shapes(monkeypatch):
     with pytest.raises(KdlabError, match=r"stage1 \(4, 8, 8\) -> stage1 \(16, 8, 8\).*data.image_size") as info:
         loss_fn(x, y)
     assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------- init stages
+class _HeadMethod(Method):
+    """A two-stage method with no freezing code of its own: DistillationLoss freezes its `frozen_in_main` head."""
+
+    name = "_test_frozen_head"
+    uses_teacher_logits = False
+    has_init_stage = True
+    student_tap_names = ("embedding",)
+    teacher_tap_names = ("embedding",)
+    frozen_in_main = ("head",)
+
+    def build(self, ctx):
+        t, s = int(ctx.teacher_shapes["embedding"][0]), int(ctx.student_shapes["embedding"][0])
+        self.head = nn.Sequential(nn.Linear(t, s), nn.BatchNorm1d(s))
+
+    def init_modules(self, student):
+        return [self.head]
+
+    def init_forward(self, b):
+        return {"_head": self.head(b.teacher["embedding"]).pow(2).mean()}
+
+    def forward(self, b):
+        return {"_match": (b.student["embedding"] - self.head(b.teacher["embedding"])).pow(2).mean()}
+
+
+@pytest.fixture
+def head_method():
+    from kdlab.methods import _REGISTRY, register
+
+    register(_HeadMethod)
+    yield _HeadMethod.name
+    _REGISTRY.pop(_HeadMethod.name)  # keep the registry as shipped for other tests in this process
+
+
+def head_loss(teachers, student):
+    return DistillationLoss(teachers, student, method=_HeadMethod.name, input_shape=(1, 8, 8),
+                            taps={"student": TAPS, "teacher": TAPS})
+
+
+def test_frozen_in_main_modules_are_frozen_by_the_objective(head_method):
+    t1, student = make_pair()
+    t2, _ = make_pair(seed=1)
+    loss_fn = head_loss([t1, t2], student)
+    heads = [loss_fn.methods[0].head, loss_fn.teacher_methods[0][head_method].head]  # one per teacher
+    trainable = lambda: {id(p) for p in loss_fn.trainable_parameters()}  # noqa: E731
+    loss_fn.train()
+    loss_fn.set_phase("init")
+    assert trainable() == {id(p) for h in heads for p in h.parameters()}
+    assert all(h.training for h in heads) and not student.training
+    loss_fn.set_phase("main")
+    loss_fn.train()  # as the trainer does every epoch: frozen heads stay in eval mode
+    assert not any(h.training or any(p.requires_grad for p in h.parameters()) for h in heads)
+    assert student.training and not trainable() & {id(p) for h in heads for p in h.parameters()}
+    loss_fn.set_phase("init")  # back to the init stage: trained again
+    assert all(h.training and all(p.requires_grad for p in h.parameters()) for h in heads)
+
+
+def test_frozen_in_main_modules_freeze_on_the_first_step_without_set_phase(head_method):
+    teacher, student = make_pair()
+    loss_fn = head_loss(teacher, student)
+    head = loss_fn.methods[0].head
+    loss_fn.train()
+    optimizer = torch.optim.SGD(loss_fn.trainable_parameters(), lr=0.1, weight_decay=5e-4)  # holds the head
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    for seed in (1, 2):
+        optimizer.zero_grad()
+        loss, terms = loss_fn(*batch(seed))
+        loss.backward()
+        optimizer.step()
+        loss_fn.train()
+    assert set(terms) == {"ce", "_match"} and not head.training
+    assert all(torch.equal(v, before[k]) for k, v in head.state_dict().items())  # weights and BN statistics
+
+
+# --------------------------------------------------------------------------------------------- teachers
+def test_teacher_recorders_and_their_signatures():
+    t1, student = make_pair()
+    t2, _ = make_pair(seed=1)
+    both = DistillationLoss([t1, t2], student, method="kd+srd", input_shape=(1, 8, 8),
+                            taps={"student": TAPS, "teacher": TAPS})
+    recorders = both.teacher_recorders
+    assert [r.model for r in recorders] == [t1, t2]
+    assert [r.signature for r in recorders] == [{"taps": {"embedding": "pool", "classifier": "fc"},
+                                                "stop_early": False}] * 2
+    recorders.clear()  # a copy: the objective keeps its own
+    assert len(both.teacher_recorders) == 2
+    stem_only = DistillationLoss(t1, student, method="at", input_shape=(1, 8, 8),
+                                 taps={"student": TAPS, "teacher": TAPS})
+    assert [r.signature["stop_early"] for r in stem_only.teacher_recorders] == [True]  # AT reads no logits
+    assert DistillationLoss(None, student, method="tfkd_virtual").teacher_recorders == []
+
+
+def test_teacher_mix_plans_mixed_and_per_teacher_methods():
+    from kdlab.distillation.teachers import TeacherMix, teacher_list
+    from kdlab.methods import parse
+
+    methods = parse("kd+at", {})
+    several = TeacherMix(methods, [["logits"], ["stage3"]], [0.5, 0.25, 0.25], {"at": {"weight": 7.0}})
+    assert several.mixed == {"kd"} and len(several.copies) == 2
+    assert [list(c) for c in several.copies] == [["at"], ["at"]] and several.copies[1]["at"].weight == 7.0
+    assert several.instances(methods[0]) == [methods[0]]
+    assert several.instances(methods[1])[1:] == [c["at"] for c in several.copies]
+    one = TeacherMix(methods, [["logits"], ["stage3"]], [1.0], {})
+    assert one.mixed == set() and not len(one.copies) and one.instances(methods[1]) == [methods[1]]
+    teacher = nn.Linear(1, 1)
+    assert teacher_list(None) == [] and teacher_list(teacher) == [teacher] and teacher_list((teacher,)) == [teacher]

@@ -8,6 +8,8 @@ teacher (weights and BN statistics) unchanged; (3) method-specific checks.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,7 +21,8 @@ from kdlab.distillation.loss import DistillationLoss
 from kdlab.errors import KdlabError
 from kdlab.methods.base import BuildContext
 from kdlab.methods.connectors import ConvConnector
-from kdlab.methods.feature import ConvReg, margin_batchnorm
+from kdlab.methods.fitnet import ConvReg
+from kdlab.methods.od import margin_batchnorm
 from kdlab.models import create, tap_points
 
 SIZE = 16
@@ -37,7 +40,7 @@ STAGES = {
 
 
 def margin_bns(name: str, teacher: nn.Module) -> list[nn.BatchNorm2d]:
-    """The BN before each matched teacher ReLU, per METHODS.md §10 (written out per architecture)."""
+    """The BN before each matched teacher ReLU, per docs/methods.md#od (written out per architecture)."""
     if name == "resnet20":  # post-activation: last block's bn2 (mdistiller)
         return [teacher.stage1[2].bn2, teacher.stage2[2].bn2, teacher.stage3[2].bn2]
     if name == "resnet18":
@@ -192,7 +195,7 @@ def test_registry_defaults():
     for name, weight in expected.items():
         cls = methods.get(name)
         assert cls.defaults["weight"] == weight and cls.ce_weight == 1.0, name
-        assert cls.paper and cls.__doc__ and "METHODS.md" in cls.__doc__
+        assert cls.paper and cls.__doc__ and f"docs/methods.md#{name}" in sys.modules[cls.__module__].__doc__
     assert methods.get("kdsvd").clip_to_ce and methods.get("od").teacher_train_mode
     assert not any(methods.get(n).teacher_train_mode for n in expected if n != "od")
 

@@ -10,6 +10,7 @@ AB/FSP's main phase is plain CE; (4) CRD's bank uses the batch indices, its queu
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from kdlab.distillation.loss import DistillationLoss
 from kdlab.errors import KdlabError
 from kdlab.methods.base import BuildContext
 from kdlab.methods.connectors import resize_to
-from kdlab.methods.two_stage import _flow_points
+from kdlab.methods.fsp import _flow_points
 from kdlab.models import create, tap_points
 
 SIZE = 16
@@ -476,7 +477,7 @@ def test_registry_defaults_and_hyperparameters():
     for name, weight in expected.items():
         cls = methods.get(name)
         assert methods.create(name).weight == weight and cls.ce_weight == 1.0, name
-        assert cls.paper and "METHODS.md" in cls.__doc__
+        assert cls.paper and cls.__doc__ and f"docs/methods.md#{name}" in sys.modules[cls.__module__].__doc__
         assert cls.has_init_stage == (name in INIT_METHODS), name
     assert methods.get("rkd").defaults["distance_weight"] == 25 and methods.get("rkd").defaults["angle_weight"] == 50
     crd = methods.get("crd").defaults
@@ -502,3 +503,13 @@ def test_cc_repdistiller_variant_term():
         delta = (m.embed_student(cap_s.out["embedding"]) - m.embed_teacher(cap_t.out["embedding"])).abs()
         expected = (delta[:-1] * delta[1:]).sum(1).mean()
     assert float(out.terms["cc"]) == pytest.approx(0.02 * float(expected), rel=1e-4)
+
+
+@pytest.mark.parametrize("hp, message", [({"temperature": 0}, "method.crd.temperature must be > 0"),
+                                         ({"momentum": 1.0}, r"method.crd.momentum must be in \[0, 1\)"),
+                                         ({"feat_dim": 0}, "method.crd.feat_dim must be >= 1"),
+                                         ({"num_negatives": 0}, "method.crd.num_negatives must be >= 1"),
+                                         ({"queue_size": -1}, "method.crd.queue_size must be >= 0")])
+def test_crd_hyperparameters_are_checked_when_the_method_is_created(hp, message):
+    with pytest.raises(KdlabError, match=message):
+        methods.create("crd", **hp)

@@ -68,7 +68,8 @@ def test_forward_shapes_cifar_mnist_digits(name: str) -> None:
         assert torch.isfinite(logits).all()
 
 
-# Published parameter counts with 100 classes (CRD benchmark tables; seed 003 for WRNs, ResNet-18).
+# Published parameter counts with 100 classes (CRD benchmark tables; for WRNs and ResNet-18 the
+# github.com/chitraz/KnowledgeDistillationForModelCompression README).
 PUBLISHED = {
     "resnet20": 0.28e6,
     "resnet56": 0.86e6,
@@ -97,8 +98,9 @@ def test_parameter_counts_match_published(name: str) -> None:
 
 
 def test_mobilenetv2_w1_parameter_count() -> None:
-    # Seed 003 lists MobileNet-V2 at 2.24M; the full-width benchmark network has exactly that with 10
-    # classes, and 2.35M with 100 (the classifier adds 1280 * 90 + 90 weights).
+    # The github.com/chitraz/KnowledgeDistillationForModelCompression README lists MobileNet-V2 at 2.24M; the
+    # full-width benchmark network has exactly that with 10 classes, and 2.35M with 100 (the classifier adds
+    # 1280 * 90 + 90 weights).
     assert _params(models.create("mobilenetv2_w1", 10)) == pytest.approx(2.24e6, rel=0.02)
     assert _params(models.create("mobilenetv2_w1", 100)) == pytest.approx(2.35e6, rel=0.02)
 

@@ -23,7 +23,8 @@ from kdlab import config as cfg
 from kdlab import methods, models
 from kdlab.cli import build_parser, config_from_args, main
 from kdlab.engine.trainer import Trainer
-from kdlab.experiments.sweep import load_sweep
+from kdlab.experiments.report import Cell, method_cell
+from kdlab.experiments.sweep import distill_layer, load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = {
@@ -267,7 +268,7 @@ def test_report_plots_are_png_files(sweep, tmp_path):
 
 
 def test_report_fraction_table_when_runs_differ_by_fraction(sweep, tmp_path):
-    """seed 004's layout: the same runs relabelled as full-data runs (config edited, not retrained)."""
+    """The by-fraction layout: the same runs relabelled as full-data runs (config edited, not retrained)."""
     copy = tmp_path / "full"
     for name in RUNS[1:]:
         target = copy / name
@@ -321,18 +322,29 @@ def test_every_config_loads(path):
 
 
 def test_published_per_pair_hyperparameters():
-    def hp(pair: str, name: str) -> dict:
-        return cfg.build([cfg.load_yaml(REPO / "configs" / "cifar100" / pair / f"{name}.yaml")]).methods
+    """What the configs run: their deviations on top of the method classes' defaults (docs/methods.md)."""
+    def run(pair: str, name: str) -> tuple[dict, float, dict]:
+        config = cfg.build([cfg.load_yaml(REPO / "configs" / "cifar100" / pair / f"{name}.yaml")])
+        (method,) = methods.parse(config.method, config.methods)
+        ce = method.ce_weight if config.ce_weight is None else config.ce_weight
+        return method.hp, ce, config.methods
 
-    assert hp("resnet56-resnet20", "dkd")["dkd"]["beta"] == 2.0
-    assert hp("wrn_40_2-wrn_16_2", "dkd")["dkd"]["beta"] == 6.0
-    assert hp("resnet32x4-resnet8x4", "dkd")["dkd"]["beta"] == 8.0
-    assert hp("resnet56-resnet20", "reviewkd")["reviewkd"]["weight"] == 0.6
-    assert hp("resnet32x4-shufflenetv2", "reviewkd")["reviewkd"]["weight"] == 8.0
-    assert hp("resnet56-resnet20", "dist")["dist"] == {"weight": 2.0, "beta": 1.0, "gamma": 1.0, "temperature": 4.0}
-    assert hp("resnet56-resnet20", "crd")["crd"]["weight"] == 0.8
-    assert hp("resnet56-resnet20", "lskd")["lskd"] == {"weight": 9.0, "temperature": 2.0}
-    assert hp("resnet56-resnet20", "dkd_ls")["dkd"]["beta"] == 18.0
+    assert run("resnet56-resnet20", "dkd")[0]["beta"] == 2.0
+    assert run("wrn_40_2-wrn_16_2", "dkd")[0]["beta"] == 6.0
+    assert run("resnet32x4-resnet8x4", "dkd")[0]["beta"] == 8.0
+    assert run("resnet56-resnet20", "reviewkd")[0]["weight"] == 0.6
+    assert run("resnet32x4-shufflenetv2", "reviewkd")[0]["weight"] == 8.0
+    assert run("resnet56-resnet20", "dist")[:2] == ({"weight": 2.0, "beta": 1.0, "gamma": 1.0, "temperature": 4.0}, 1.0)
+    assert run("resnet56-resnet20", "crd")[0]["weight"] == 0.8
+    assert run("resnet56-resnet20", "lskd")[:2] == ({"weight": 9.0, "temperature": 2.0}, 0.1)
+    assert run("resnet56-resnet20", "kd")[:2] == ({"weight": 0.9, "temperature": 4.0, "standardize": False}, 0.1)
+    hp, _, _ = run("resnet56-resnet20", "dkd_ls")
+    assert (hp["alpha"], hp["beta"], hp["temperature"], hp["standardize"]) == (9.0, 18.0, 2.0, True)
+    hp, _, _ = run("resnet56-resnet20", "cc")
+    assert (hp["variant"], hp["weight"]) == ("repdistiller", 0.02)
+    # the files hold only deviations from the classes' defaults: nothing for kd, dist, crd; beta alone for dkd
+    assert run("resnet56-resnet20", "kd")[2] == run("resnet56-resnet20", "dist")[2] == {}
+    assert run("resnet56-resnet20", "dkd")[2] == {"dkd": {"beta": 2.0}}
 
 
 def test_cpu_sweep_file_plans(tmp_path):
@@ -423,3 +435,30 @@ def test_cpu_long_schedule_sweep_reuses_the_protocol_teacher(tmp_path):
         assert run.config.methods == short.config.methods or run.name.endswith("dkd/s0")
         assert (run.config.data.fraction, run.config.precision, run.config.model) == (0.1, "fp32", "resnet8")
     assert students["dkd"].config.methods["dkd"]["warmup"] == 2  # 20 of 240 epochs
+
+
+def test_distill_layer_stacks_the_sweep_layers_later_ones_winning():
+    """base < student config < row config < row hparams < per-pair config < per-pair hparams."""
+    entry = {"config": {"optim": {"lr": 0.2, "epochs": 3}}, "hparams": {"methods": {"kd": {"temperature": 2}}},
+             "per_pair": {"a-b": {"config": {"optim": {"lr": 0.3}}, "hparams": {"methods": {"kd": {"weight": 5}}}}}}
+    base = {"optim": {"lr": 0.05, "epochs": 1, "momentum": 0.8}, "precision": "fp32"}
+    student = {"optim": {"epochs": 2}, "precision": "bf16"}
+    layer = distill_layer(base, student, entry, "a-b")
+    assert layer == {"optim": {"lr": 0.3, "epochs": 3, "momentum": 0.8}, "precision": "bf16",
+                     "methods": {"kd": {"temperature": 2, "weight": 5}}}
+    other = distill_layer(base, student, entry, "a-c")  # no per_pair entry for this pair
+    assert other["optim"]["lr"] == 0.2 and other["methods"] == {"kd": {"temperature": 2}}
+    assert base == {"optim": {"lr": 0.05, "epochs": 1, "momentum": 0.8}, "precision": "fp32"}  # not modified
+
+
+def test_method_cell_compares_with_the_baseline_of_the_same_settings():
+    runs = [object()]
+    same, other = Cell([]), Cell([])
+    signature = (("methods.kd.temperature", "4"), ("optim.epochs", "2"))
+    cell = method_cell(runs, signature, {(("optim.epochs", "2"),): same, (("optim.epochs", "9"),): other})
+    assert cell.baseline is same and not cell.baseline_differs  # method keys left out of the match
+    only = method_cell(runs, signature, {(("optim.epochs", "9"),): other})
+    assert only.baseline is other and only.baseline_differs  # the only baseline there is, marked
+    none = method_cell(runs, signature, {(("optim.epochs", "8"),): same, (("optim.epochs", "9"),): other})
+    assert none.baseline is None and none.gain("top1", "best") is None
+    assert method_cell(runs, signature, {}).baseline is None

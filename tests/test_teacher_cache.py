@@ -252,3 +252,23 @@ def test_refuses_several_processes_and_unknown_loaders():
         check_cacheable(config, objective, loader, SimpleNamespace(world_size=2))
     with pytest.raises(KdlabError, match="dataset indices"):
         check_cacheable(config, objective, [(torch.zeros(1), torch.zeros(1))])
+
+
+def test_key_names_each_teachers_recorded_taps():
+    """The key reads what each teacher records through the recorders' public signature, one entry per teacher."""
+    from types import SimpleNamespace
+
+    from kdlab import models
+    from kdlab.distillation.loss import DistillationLoss
+    from kdlab.distillation.teacher_cache import cache_key_parts
+
+    torch.manual_seed(0)
+    t1, t2, student = (models.create("resnet8", 10, in_channels=1, image_size=8) for _ in range(3))
+    objective = DistillationLoss([t1, t2], student, "at", input_shape=(1, 8, 8))
+    config = SimpleNamespace(data=SimpleNamespace(augment=False, name="digits", fraction=None, coarse=False,
+                                                  image_size=None), precision="fp32", channels_last=False)
+    parts = cache_key_parts(config, objective, TensorLoader(load("digits"), 64), torch.device("cpu"))
+    recorders = objective.teacher_recorders
+    assert [{k: t[k] for k in ("taps", "stop_early")} for t in parts["teachers"]] == [r.signature for r in recorders]
+    assert all(t["stop_early"] and t["taps"] for t in parts["teachers"]) and not parts["logits"]  # AT: maps only
+    assert parts["teachers"][0]["weights"] != parts["teachers"][1]["weights"]

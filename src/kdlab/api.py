@@ -79,7 +79,7 @@ def distill(config: cfg.Config | dict[str, Any] | None = None, *,
     from kdlab.distillation.loss import DistillationLoss
     from kdlab.engine.rundir import prepare_run_dir
     from kdlab.engine.trainer import Trainer
-    from kdlab.runner.common import setup_runtime
+    from kdlab.runner.common import fit, setup_runtime
 
     layer = {"model": type(student).__name__, "out": str(out), "method": method,
              "optim": {"epochs": epochs, "lr": lr, "schedule": "cosine"}}
@@ -90,14 +90,10 @@ def distill(config: cfg.Config | dict[str, Any] | None = None, *,
         input_shape = tuple(next(iter(train_batches))[0].shape[1:])
     student = student.to(device)
     loss_fn = DistillationLoss(teacher, student, method=method, taps=taps, ce_weight=ce_weight, hparams=hparams,
-                               input_shape=input_shape, epochs=epochs, num_classes=num_classes).to(device)
+                               input_shape=input_shape, epochs=epochs, num_classes=num_classes,
+                               teacher_mix=conf.teacher_mix).to(device)
     run_dir = prepare_run_dir(conf.out, "distill", resume)
     arch = {"model": type(student).__name__, "num_classes": num_classes, "in_channels": int(input_shape[0]),
             "image_size": int(input_shape[-1]), "data": "user"}
     trainer = Trainer(conf, loss_fn, train_batches, test_batches, run_dir, arch, device, quiet=True)
-    if resume and (run_dir / "last.pt").exists():
-        trainer.resume()
-    cfg.dump(conf, run_dir / "config.yaml")
-    summary = trainer.fit()
-    summary["run_dir"] = str(run_dir)
-    return summary
+    return fit(trainer, conf, run_dir, resume)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from kdlab.errors import KdlabError
@@ -210,7 +211,8 @@ def done_line(summary: dict[str, Any]) -> str:
     return f"done: {best}, {last_text}{note}; {where}"
 
 
-def cmd_list(what: str) -> None:
+def cmd_list(args: argparse.Namespace) -> None:
+    what = args.what
     if what == "models":
         from kdlab import models
 
@@ -228,6 +230,26 @@ def cmd_list(what: str) -> None:
         from kdlab.methods.catalog import text_listing
 
         print(text_listing())
+
+
+def _run_and_report(args: argparse.Namespace, runner: Callable[..., dict[str, Any]]) -> None:
+    """train/distill: build the config from the flags, run it, end with the done line."""
+    config = config_from_args(args)
+    summary = runner(config, resume=args.resume, quiet=args.quiet)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, from rank 0
+        print(done_line(summary))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from kdlab.runner.train import run_train
+
+    _run_and_report(args, run_train)
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    from kdlab.runner.distill import run_distill
+
+    _run_and_report(args, run_distill)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -272,50 +294,52 @@ def cmd_report(args: argparse.Namespace) -> None:
         print(f"plots written to {args.plots}/")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    # key=value overrides may stand anywhere among the flags; argparse takes one contiguous run of them.
+def cmd_calibration(args: argparse.Namespace) -> None:
+    from kdlab.experiments.calibration import calibration_study
+
+    calibration_study(args.run, out=args.out, checkpoint=args.checkpoint, data_root=args.data_root,
+                      device=args.device)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from kdlab.experiments.demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs, force=args.force)
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from kdlab.experiments.sweep import run_sweep
+
+    run_sweep(args.file, out=args.out, data_root=args.data_root, only=args.only, dry_run=args.dry_run,
+              quiet=args.quiet)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {  # command name -> its handler
+    "train": cmd_train, "distill": cmd_distill, "mutual": cmd_mutual, "eval": cmd_eval,
+    "calibration": cmd_calibration, "list": cmd_list, "demo": cmd_demo, "sweep": cmd_sweep, "report": cmd_report,
+}
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse argv; key=value overrides may stand anywhere among the flags (argparse takes one contiguous run
+    of them), anything else unknown is an argparse error (exit 2)."""
     args, extra = parser.parse_known_args(argv)
     stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parse_args(parser, argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
-        if args.command in ("train", "distill"):
-            from kdlab.runner.distill import run_distill
-            from kdlab.runner.train import run_train
-
-            config = config_from_args(args)
-            runner = run_train if args.command == "train" else run_distill
-            summary = runner(config, resume=args.resume, quiet=args.quiet)
-            if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, from rank 0
-                print(done_line(summary))
-        elif args.command == "mutual":
-            cmd_mutual(args)
-        elif args.command == "eval":
-            cmd_eval(args)
-        elif args.command == "calibration":
-            from kdlab.experiments.calibration import calibration_study
-
-            calibration_study(args.run, out=args.out, checkpoint=args.checkpoint, data_root=args.data_root,
-                              device=args.device)
-        elif args.command == "list":
-            cmd_list(args.what)
-        elif args.command == "demo":
-            from kdlab.experiments.demo import run_demo
-
-            run_demo(args.out, epochs=args.epochs, force=args.force)
-        elif args.command == "sweep":
-            from kdlab.experiments.sweep import run_sweep
-
-            run_sweep(args.file, out=args.out, data_root=args.data_root, only=args.only, dry_run=args.dry_run,
-                      quiet=args.quiet)
-        elif args.command == "report":
-            cmd_report(args)
+        COMMANDS[args.command](args)
     except KdlabError as exc:
         print(f"kdlab: error: {exc}", file=sys.stderr)
         return 2

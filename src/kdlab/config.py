@@ -120,8 +120,9 @@ def yaml_load(text: str) -> Any:
 def recipe(data_name: str, model_name: str) -> dict[str, Any]:
     """Standard training recipe for a dataset (and model), as a nested dict of config values.
 
-    CIFAR follows the CRD/RepDistiller protocol (../shared/RESULTS.md §2.1): 240 epochs, SGD 0.9, lr 0.05
-    (0.01 for MobileNetV2/ShuffleNet), ×0.1 at 150/180/210, batch 64, weight decay 5e-4. ImageNet follows
+    CIFAR follows the CRD/RepDistiller protocol (github.com/HobbitLong/RepDistiller `train_student.py`): 240
+    epochs, SGD 0.9, lr 0.05 (0.01 for MobileNetV2/ShuffleNet), ×0.1 at 150/180/210, batch 64, weight decay
+    5e-4. ImageNet follows
     torchvision/mdistiller: 100 epochs, lr 0.1, ×0.1 at 30/60/90, batch 256, weight decay 1e-4.
     """
     light_model = any(key in model_name for key in ("mobilenet", "shufflenet"))
@@ -279,6 +280,7 @@ def validate(config: Config) -> None:
     if config.optim.schedule not in SCHEDULES:
         raise KdlabError(f"optim.schedule '{config.optim.schedule}' is not one of {', '.join(SCHEDULES)}"
                          f"{closest(config.optim.schedule, SCHEDULES)}")
+    n_teachers = len(config.teachers) + bool(config.teacher_model)
     checks = [
         (config.optim.epochs >= 1, "optim.epochs must be at least 1"),
         (config.optim.extend_to is None or config.optim.extend_to > config.optim.epochs,
@@ -305,6 +307,11 @@ def validate(config: Config) -> None:
         (not config.teacher_mix or all(w >= 0 for w in config.teacher_mix) and sum(config.teacher_mix) > 0,
          f"teacher_mix weights must be >= 0 with a positive sum, got {config.teacher_mix}; "
          "write e.g. teacher_mix=[0.7,0.3]"),
+        # Teachers named here (checkpoints, an outside model): one weight each. Teachers passed as objects to
+        # kdlab.distill or DistillationLoss are counted by DistillationLoss, where they enter.
+        (config.teacher_mix is None or not n_teachers or len(config.teacher_mix) == n_teachers,
+         f"teacher_mix has {len(config.teacher_mix or [])} weights for {n_teachers} teachers; give one weight "
+         f"per teacher, e.g. teacher_mix=[{', '.join(['0.5'] * n_teachers)}]"),
         (config.threads is None or config.threads >= 1,
          f"threads must be at least 1, got {config.threads}; pass e.g. --threads 4, or leave it out for torch's "
          "default"),

@@ -10,16 +10,17 @@ its forward stops after the last tap. Loss = ce_weight·CE + Σ weight_i·scale_
 term is reported (already weighted) so that the terms add up to the loss.
 
 Several teachers (`teacher=[t1, t2]`, `teacher_mix=[0.7, 0.3]`, normalised to sum 1): methods that read only
-the teacher's logits see one combined teacher whose logits are T·log Σ_i w_i·σ_T(z_i) (`mix_teacher_logits`,
-T = the method's temperature), so σ_T of it is the weighted mean of the teachers' distributions and KD is
-exactly KD from the averaged soft targets; every other method (features, relations) gets one instance per
-teacher, with its own connectors, and its terms are the teacher_mix-weighted sum of the per-teacher terms.
-Methods never know how many teachers there are; with one teacher nothing of this runs.
+the teacher's logits see one combined teacher (`mix_teacher_logits`), every other method gets one instance per
+teacher, with its own connectors, and its terms are the teacher_mix-weighted sum of the per-teacher terms
+(kdlab.distillation.teachers). Methods never know how many teachers there are.
+
+Two-stage methods: `set_phase('init')` trains only the methods' `init_modules` on their `init_forward` terms;
+`set_phase('main')` freezes each method's `frozen_in_main` submodules (see `_freeze_after_init`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -28,11 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlab import methods as method_registry
+from kdlab.distillation.teachers import TeacherMix, check_teacher_classes, mix_teacher_logits, mix_weights, teacher_list
 from kdlab.engine.distributed import average_gradients
 from kdlab.engine.objectives import StepOutput
 from kdlab.errors import KdlabError
 from kdlab.methods.base import BuildContext, DistillBatch, Method
 from kdlab.methods.taps import LOGITS, TapRecorder, available_taps, probe_shapes, resolve_taps
+
+TapPaths = dict[str, str]  # symbolic tap name -> module path
 
 
 class DistillationLoss(nn.Module):
@@ -59,23 +63,48 @@ class DistillationLoss(nn.Module):
                  taps: Mapping[str, Mapping[str, str]] | None = None, ce_weight: float | None = None,
                  hparams: Mapping[str, Mapping[str, Any]] | None = None,
                  input_shape: Sequence[int] | None = None, train_targets: torch.Tensor | None = None,
-                 train_indices: torch.Tensor | None = None,
-                 epochs: int = 0, num_classes: int | None = None,
+                 train_indices: torch.Tensor | None = None, epochs: int = 0, num_classes: int | None = None,
                  student_input: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  teacher_mix: Sequence[float] | None = None, **method_hparams: Any):
         super().__init__()
-        hparams = {k: dict(v) for k, v in (hparams or {}).items()}
-        if method_hparams:
-            names = [n for n in method.split("+") if n.strip()]
-            if len(names) != 1:
-                raise KdlabError("keyword hyperparameters need a single method; for a combination pass "
-                                 "hparams={'kd': {...}, 'at': {...}}")
-            hparams.setdefault(names[0].strip(), {}).update(method_hparams)
+        hparams = _hparams_by_method(method, hparams, method_hparams)
         self.methods: nn.ModuleList = nn.ModuleList(method_registry.parse(method, hparams))
-        self.method_spec = method
         self.student = student
+        teachers = self._set_teachers(teacher, method, teacher_mix)
+        self.teacher_train_mode = any(m.teacher_train_mode for m in self.methods)
+        self.ce_weight = float(self.methods[0].ce_weight if ce_weight is None else ce_weight)
+        self.student_input = student_input
+        self.phase = "main"  # or "init": the initialisation stage of two-stage methods
+        self._init_modules_frozen = False  # the methods' `frozen_in_main` modules (see `_freeze_after_init`)
+        self.teacher_logits_needed = bool(teachers) and any(m.needs_teacher_logits() for m in self.methods)
+        self.teacher_cache: Any = None  # per-sample teacher outputs (distillation.teacher_cache, --cache-teacher)
+        taps = taps or {}
+        s_points = _points(student, taps.get("student"))
+        t_points = [_points(t, taps.get("teacher")) for t in teachers] or [{}]
+        declared = [m.taps(s_points, t_points[0]) for m in self.methods]
+        self._mix = TeacherMix(self.methods, [t for _, t in declared], self.teacher_mix, hparams)
+        self._mixed = self._mix.mixed  # methods that read one combined teacher (several teachers only)
+        self.teacher_methods = self._mix.copies  # one ModuleDict of further instances per teacher 2..N
+        s_paths, t_paths = self._tap_paths(declared, taps, s_points, t_points)
+        contexts = [BuildContext(student=student, teacher=t, student_points={**s_points, **s_paths},
+                                 teacher_points={**points, **paths}, train_targets=train_targets,
+                                 train_indices=train_indices, epochs=epochs, num_classes=num_classes or 0)
+                    for t, points, paths in zip(teachers or [None], t_points, t_paths, strict=True)]
+        self._probe(contexts, s_paths, t_paths, input_shape, method)
+        for ctx, instances in zip(contexts, self._instances_by_teacher(), strict=True):
+            for m in instances:
+                m.build(ctx)  # connectors from the probed shapes
+        # Persistent hooks, attached after probing (a teacher's may cut its forward short).
+        self._student_taps = TapRecorder(student, s_paths)
+        self._teacher_recorders = [TapRecorder(t, paths, stop_early=not self.teacher_logits_needed)
+                                   for t, paths in zip(teachers, t_paths, strict=False)]
+
+    # ------------------------------------------------------------------------------------------- building
+    def _set_teachers(self, teacher: nn.Module | Sequence[nn.Module] | None, method: str,
+                      teacher_mix: Sequence[float] | None) -> list[nn.Module]:
+        """Register the teachers (frozen: no gradient, eval mode) and their teacher_mix; returns them all."""
         needs_teacher = any(m.needs_teacher for m in self.methods)
-        teachers = _teacher_list(teacher) if needs_teacher else []
+        teachers = teacher_list(teacher) if needs_teacher else []
         if not teachers and needs_teacher:
             raise KdlabError(f"method '{method}' needs a teacher; pass --teacher FILE (a kdlab checkpoint) or "
                              f"--teacher-model NAME --teacher-weights FILE")
@@ -85,73 +114,44 @@ class DistillationLoss(nn.Module):
         for t in teachers:
             t.requires_grad_(False)
             t.eval()
-        self.teacher_train_mode = any(m.teacher_train_mode for m in self.methods)
-        self.ce_weight = float(self.methods[0].ce_weight if ce_weight is None else ce_weight)
-        self.student_input = student_input
-        self.phase = "main"  # or "init": the initialisation stage of two-stage methods
-        self.teacher_logits_needed = any(m.needs_teacher_logits() for m in self.methods) and needs_teacher
-        # Per-sample teacher outputs for deterministic inputs (distillation.teacher_cache, --cache-teacher).
-        self.teacher_cache: Any = None
+        return teachers
 
-        taps = taps or {}
-        s_points = _points(student, taps.get("student"))
-        t_points = [_points(t, taps.get("teacher")) for t in teachers] or [{}]
-        s_names: list[str] = []
-        t_names: list[list[str]] = [[] for _ in t_points]
-        self._mixed: set[str] = set()  # methods that read one combined teacher (several teachers only)
-        for m in self.methods:
-            s, t = m.taps(s_points, t_points[0])
-            s_names += [n for n in s if n not in s_names]
-            t_names[0] += [n for n in t if n not in t_names[0]]
-            if len(teachers) > 1 and m.needs_teacher and m.needs_teacher_logits() and set(t) <= {LOGITS}:
-                self._mixed.add(m.name)
-        # One instance per further teacher of each method that is not mixed (its own connectors).
-        self.teacher_methods = nn.ModuleList()
-        for i in range(1, len(teachers)):
-            copies = nn.ModuleDict({m.name: method_registry.create(m.name, **hparams.get(m.name, {}))
-                                    for m in self.methods if m.needs_teacher and m.name not in self._mixed})
-            for m in copies.values():
-                s, t = m.taps(s_points, t_points[i])
-                s_names += [n for n in s if n not in s_names]
-                t_names[i] += [n for n in t if n not in t_names[i]]
-            self.teacher_methods.append(copies)
-        s_paths = resolve_taps(student, s_names, taps.get("student"), "student")
+    def _instances_by_teacher(self) -> list[list[Method]]:
+        """The method instances that read each teacher: all methods for the first, the copies for the others."""
+        return [list(self.methods), *(list(copies.values()) for copies in self.teacher_methods)]
+
+    def _tap_paths(self, declared: list[tuple[list[str], list[str]]], taps: Mapping[str, Mapping[str, str]],
+                   s_points: TapPaths, t_points: list[TapPaths]) -> tuple[TapPaths, list[TapPaths]]:
+        """Module paths of the taps every method instance declared: the student's, and each teacher's."""
+        per_teacher = [declared, *([m.taps(s_points, points) for m in copies.values()]
+                                   for copies, points in zip(self.teacher_methods, t_points[1:], strict=True))]
+        s_names = _unique(name for decl in per_teacher for s, _ in decl for name in s)
+        t_names = [_unique(name for _, t in decl for name in t) for decl in per_teacher]
+        s_paths = resolve_taps(self.student, s_names, taps.get("student"), "student")
         t_paths = [resolve_taps(t, names, taps.get("teacher"), "teacher") if names else {}
-                   for t, names in zip(teachers, t_names, strict=False)] or [{}]
+                   for t, names in zip(self.teachers, t_names, strict=False)] or [{}]
+        return s_paths, t_paths
 
-        contexts = [BuildContext(student=student, teacher=t, student_points={**s_points, **s_paths},
-                                 teacher_points={**points, **paths}, train_targets=train_targets,
-                                 train_indices=train_indices, epochs=epochs,
-                                 num_classes=num_classes or 0)
-                    for t, points, paths in zip(teachers or [None], t_points, t_paths, strict=True)]
-        if s_paths or any(t_paths):
-            if input_shape is None:
-                raise KdlabError(f"method '{method}' reads intermediate features; pass input_shape=(C, H, W) "
-                                 f"so their shapes can be probed")
-        if input_shape is not None and (s_paths or any(t_paths) or len(teachers) > 1):
-            device = next(student.parameters()).device
-            example = torch.zeros(2, *input_shape, device=device)
-            s_example = student_input(example) if student_input is not None else example
-            student_shapes = probe_shapes(student, s_paths, s_example) if s_paths or any(t_paths) else {}
-            for ctx in contexts:
-                ctx.student_shapes = student_shapes
-            for ctx, t, paths in zip(contexts, teachers, t_paths, strict=False):
-                ctx.teacher_shapes = probe_shapes(t, paths, example)
-            _check_teacher_classes([ctx.teacher_shapes[LOGITS][0] for ctx in contexts if ctx.teacher_shapes])
-            for ctx in contexts:
-                if not ctx.num_classes and student_shapes:
-                    ctx.num_classes = int(student_shapes[LOGITS][0])
-        for m in self.methods:
-            m.build(contexts[0])
-        for copies, ctx in zip(self.teacher_methods, contexts[1:], strict=True):
-            for m in copies.values():
-                m.build(ctx)
-        # Persistent hooks, attached after probing (the teacher's may cut its forward short).
-        self._student_taps = TapRecorder(student, s_paths)
-        self._teacher_taps = (TapRecorder(self.teacher, t_paths[0], stop_early=not self.teacher_logits_needed)
-                              if self.teacher is not None else None)
-        self._extra_teacher_taps = [TapRecorder(t, paths, stop_early=not self.teacher_logits_needed)
-                                    for t, paths in zip(teachers[1:], t_paths[1:], strict=True)]
+    def _probe(self, contexts: list[BuildContext], s_paths: TapPaths, t_paths: list[TapPaths],
+               input_shape: Sequence[int] | None, method: str) -> None:
+        """Tap shapes (and the class count) of the student and each teacher, from one zero batch."""
+        reads_features = bool(s_paths or any(t_paths))
+        if reads_features and input_shape is None:
+            raise KdlabError(f"method '{method}' reads intermediate features; pass input_shape=(C, H, W) "
+                             f"so their shapes can be probed")
+        if input_shape is None or not (reads_features or len(self.teachers) > 1):
+            return
+        example = torch.zeros(2, *input_shape, device=next(self.student.parameters()).device)
+        s_example = self.student_input(example) if self.student_input is not None else example
+        student_shapes = probe_shapes(self.student, s_paths, s_example) if reads_features else {}
+        for ctx, paths in zip(contexts, t_paths, strict=True):
+            ctx.student_shapes = student_shapes
+            if ctx.teacher is not None:
+                ctx.teacher_shapes = probe_shapes(ctx.teacher, paths, example)
+        check_teacher_classes([ctx.teacher_shapes[LOGITS][0] for ctx in contexts if ctx.teacher_shapes])
+        for ctx in contexts:
+            if not ctx.num_classes and student_shapes:
+                ctx.num_classes = int(student_shapes[LOGITS][0])
 
     # ------------------------------------------------------------------------------------------- modes
     def train(self, mode: bool = True) -> DistillationLoss:
@@ -161,6 +161,9 @@ class DistillationLoss(nn.Module):
         self.student.train(mode and self._student_trains_in_phase())
         for teacher in self.teachers:
             teacher.train(mode and self.teacher_train_mode)
+        if self._init_modules_frozen:
+            for module in self._frozen_in_main():
+                module.eval()
         return self
 
     @property
@@ -168,11 +171,16 @@ class DistillationLoss(nn.Module):
         """All teachers, the first being `self.teacher` ([] for teacher-free methods)."""
         return [] if self.teacher is None else [self.teacher, *self.extra_teachers]
 
+    @property
+    def teacher_recorders(self) -> list[TapRecorder]:
+        """One TapRecorder per teacher (same order as `teachers`): what each teacher's forward records."""
+        return list(self._teacher_recorders)
+
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters the current phase updates: student and connectors, or the init stage's modules."""
         if self.phase == "init":
             seen: set[int] = set()
-            for m in (inst for method in self.init_methods() for inst in self._instances(method)):
+            for m in (inst for method in self.init_methods() for inst in self._mix.instances(method)):
                 for module in m.init_modules(self.student):
                     for p in module.parameters():
                         if p.requires_grad and id(p) not in seen:
@@ -185,11 +193,13 @@ class DistillationLoss(nn.Module):
         return [m for m in self.methods if m.has_init_stage]
 
     def set_phase(self, phase: str) -> None:
+        """Switch every method instance (those of teachers 2..N too) to 'init' or 'main'."""
         if phase not in ("init", "main"):
             raise ValueError(phase)
         self.phase = phase
-        for m in self.methods:
+        for m in (m for instances in self._instances_by_teacher() for m in instances):
             m.set_phase(phase)
+        self._freeze_after_init(phase == "main")
         self.train(self.training)
 
     def _student_trains_in_phase(self) -> bool:
@@ -197,6 +207,25 @@ class DistillationLoss(nn.Module):
         if self.phase != "init":
             return True
         return any(module is self.student for m in self.init_methods() for module in m.init_modules(self.student))
+
+    def _frozen_in_main(self) -> list[nn.Module]:
+        """Submodules that the init stage trains and the main phase freezes: each instance's `frozen_in_main`
+        attribute names (FT's paraphraser, MHGD's attention network)."""
+        return [getattr(m, name) for instances in self._instances_by_teacher() for m in instances
+                for name in getattr(m, "frozen_in_main", ())]
+
+    def _freeze_after_init(self, frozen: bool) -> None:
+        """Freeze (requires_grad off, eval mode, kept by `train`) or unfreeze the `frozen_in_main` modules.
+
+        Called by `set_phase` and, for loops that never call it, by `forward` on a phase's first step (an
+        optimizer built before then may hold the parameters; they get no gradient, so SGD skips them).
+        """
+        if frozen == self._init_modules_frozen:
+            return
+        for module in self._frozen_in_main():
+            module.requires_grad_(not frozen)
+            module.train(self.training and not frozen)
+        self._init_modules_frozen = frozen
 
     def eval_models(self) -> dict[str, nn.Module]:
         return {"": self.student}
@@ -223,8 +252,7 @@ class DistillationLoss(nn.Module):
         """
         if self.teacher is None:
             return None, {}
-        teacher = self.teacher if index == 0 else self.extra_teachers[index - 1]
-        recorder = self._teacher_taps if index == 0 else self._extra_teacher_taps[index - 1]
+        teacher, recorder = self.teachers[index], self._teacher_recorders[index]
         cache = self.teacher_cache if indices is not None and not teacher.training else None
         if cache is not None:
             hit = cache.lookup(index, indices)
@@ -248,22 +276,12 @@ class DistillationLoss(nn.Module):
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None = None,
                 epoch: int = 1) -> StepOutput:
-        teacher_logits, teacher_feats = self.teacher_outputs(images, indices=indices)
-        if self._student_trains_in_phase():
-            student_images = self.student_input(images) if self.student_input is not None else images
-            logits = self._student_taps.run(student_images)
-            student_feats = dict(self._student_taps.outputs)
-        else:  # nothing in this init stage reads the student
-            logits, student_feats = None, {}
-        batch = DistillBatch(student_logits=logits, teacher_logits=teacher_logits, targets=targets,
-                             indices=indices, epoch=epoch, student=student_feats, teacher=teacher_feats)
-        batches = [batch]
-        for index in range(1, 1 + len(self.extra_teachers)):
-            extra_logits, extra_feats = self.teacher_outputs(images, index, indices)
-            batches.append(replace(batch, teacher_logits=extra_logits, teacher=extra_feats))
+        self._freeze_after_init(self.phase == "main")
+        batches = self._batches(images, targets, indices, epoch)
+        logits = batches[0].student_logits
         if self.phase == "init":
             terms = {name: value for m in self.init_methods()
-                     for name, value in self._method_terms(m, batches, init=True).items()}
+                     for name, value in self._mix.terms(m, batches, _init_forward).items()}
             total = sum(terms.values())
             return StepOutput(loss=total, terms={k: v.detach() for k, v in terms.items()}, logits=logits)
         ce = F.cross_entropy(logits.float(), targets)
@@ -272,7 +290,7 @@ class DistillationLoss(nn.Module):
         clipped = None
         for m in self.methods:
             factor = m.weight * m.scale(epoch)
-            for name, value in (m(batch) if len(batches) == 1 else self._method_terms(m, batches)).items():
+            for name, value in self._mix.terms(m, batches, _main_forward).items():
                 value = factor * value
                 terms[name] = value
                 if m.clip_to_ce:
@@ -285,29 +303,23 @@ class DistillationLoss(nn.Module):
             out.backward = lambda scale=1.0: self._clipped_backward(total, clipped, epoch, scale)
         return out
 
-    def _instances(self, m: Method) -> list[Method]:
-        """`m`'s instance for each teacher when it runs per teacher, else [m]."""
-        if not len(self.teacher_methods) or m.name in self._mixed or not m.needs_teacher:
-            return [m]
-        return [m, *(copies[m.name] for copies in self.teacher_methods)]
-
-    def _method_terms(self, m: Method, batches: list[DistillBatch], init: bool = False) -> dict[str, torch.Tensor]:
-        """Terms of method `m` with several teachers: on the mixed teacher, or teacher_mix-weighted per teacher."""
-        def run(inst: Method, batch: DistillBatch) -> dict[str, torch.Tensor]:
-            return inst.init_forward(batch) if init else inst(batch)
-
-        if m.name in self._mixed:
-            temperature = float(m.hp.get("temperature", 1.0))
-            mixed = mix_teacher_logits([b.teacher_logits for b in batches], self.teacher_mix, temperature)
-            return run(m, replace(batches[0], teacher_logits=mixed))
-        instances = self._instances(m)
-        if len(instances) == 1:
-            return run(m, batches[0])
-        terms: dict[str, torch.Tensor] = {}
-        for inst, batch, weight in zip(instances, batches, self.teacher_mix, strict=True):
-            for name, value in run(inst, batch).items():
-                terms[name] = weight * value if name not in terms else terms[name] + weight * value
-        return terms
+    def _batches(self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None,
+                 epoch: int) -> list[DistillBatch]:
+        """One DistillBatch per teacher (one without teachers): the student's outputs and that teacher's."""
+        teacher_logits, teacher_feats = self.teacher_outputs(images, indices=indices)
+        if self._student_trains_in_phase():
+            student_images = self.student_input(images) if self.student_input is not None else images
+            logits = self._student_taps.run(student_images)
+            student_feats = dict(self._student_taps.outputs)
+        else:  # nothing in this init stage reads the student
+            logits, student_feats = None, {}
+        batch = DistillBatch(student_logits=logits, teacher_logits=teacher_logits, targets=targets,
+                             indices=indices, epoch=epoch, student=student_feats, teacher=teacher_feats)
+        batches = [batch]
+        for index in range(1, len(self.teachers)):
+            extra_logits, extra_feats = self.teacher_outputs(images, index, indices)
+            batches.append(replace(batch, teacher_logits=extra_logits, teacher=extra_feats))
+        return batches
 
     def _clipped_backward(self, main: torch.Tensor, clipped: torch.Tensor, epoch: int, scale: float = 1.0) -> None:
         """Gradients of `main` plus those of `clipped`, the latter clipped per parameter to ‖∇main‖·sigmoid(e).
@@ -336,57 +348,34 @@ class DistillationLoss(nn.Module):
                 p.grad = grad if p.grad is None else p.grad + grad
 
     def remove_hooks(self) -> None:
-        self._student_taps.remove()
-        for recorder in [self._teacher_taps, *self._extra_teacher_taps]:
-            if recorder is not None:
-                recorder.remove()
-
-    @property
-    def method_list(self) -> list[Method]:
-        return list(self.methods)
+        for recorder in [self._student_taps, *self._teacher_recorders]:
+            recorder.remove()
 
 
-def _teacher_list(teacher: nn.Module | Sequence[nn.Module] | None) -> list[nn.Module]:
-    if teacher is None:
-        return []
-    if isinstance(teacher, nn.Module):
-        return [teacher]
-    return list(teacher)
+def _main_forward(m: Method, batch: DistillBatch) -> dict[str, torch.Tensor]:
+    return m(batch)
 
 
-def mix_weights(mix: Sequence[float] | None, count: int) -> list[float]:
-    """teacher_mix checked against the number of teachers and normalised to sum 1 (None: equal weights)."""
-    if mix is None:
-        return [1.0 / count] * count
-    weights = [float(w) for w in mix]
-    if len(weights) != count:
-        raise KdlabError(f"teacher_mix has {len(weights)} weights for {count} teachers; give one weight per "
-                         f"teacher, e.g. teacher_mix=[{', '.join(['0.5'] * count)}]")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise KdlabError(f"teacher_mix weights must be >= 0 with a positive sum, got {weights}")
-    total = sum(weights)
-    return [w / total for w in weights]
+def _init_forward(m: Method, batch: DistillBatch) -> dict[str, torch.Tensor]:
+    return m.init_forward(batch)
 
 
-def mix_teacher_logits(teacher_logits: Sequence[torch.Tensor], weights: Sequence[float] | None = None,
-                       temperature: float = 1.0) -> torch.Tensor:
-    """Combined logits T·log Σ_i w_i·σ_T(z_i) of several teachers: σ_T of them is the weighted mean distribution.
-
-    So KD against them is exactly KD from the averaged soft targets (`losses.kd_from_probs` on
-    `losses.average_teacher_probs`), and logit-based methods (DKD, DIST, LS-KD, Tf-KD self) get a well-defined
-    teacher. Computed as a logsumexp of log w_i + log σ_T(z_i), which stays finite where the mean underflows.
-    """
-    _check_teacher_classes([int(z.shape[-1]) for z in teacher_logits])
-    weights = mix_weights(weights, len(teacher_logits))
-    log_w = torch.tensor(weights, dtype=torch.float32, device=teacher_logits[0].device).log().view(-1, 1, 1)
-    log_p = torch.stack([F.log_softmax(z.float() / temperature, dim=1) for z in teacher_logits])
-    return temperature * torch.logsumexp(log_w + log_p, dim=0)
+def _hparams_by_method(method: str, hparams: Mapping[str, Mapping[str, Any]] | None,
+                       method_hparams: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-method hyperparameters, with keyword hyperparameters added to the single method's."""
+    merged = {k: dict(v) for k, v in (hparams or {}).items()}
+    if method_hparams:
+        names = [n for n in method.split("+") if n.strip()]
+        if len(names) != 1:
+            raise KdlabError("keyword hyperparameters need a single method; for a combination pass "
+                             "hparams={'kd': {...}, 'at': {...}}")
+        merged.setdefault(names[0].strip(), {}).update(method_hparams)
+    return merged
 
 
-def _check_teacher_classes(counts: Sequence[int]) -> None:
-    if len(set(int(c) for c in counts)) > 1:
-        raise KdlabError(f"the teachers predict different numbers of classes ({', '.join(map(str, counts))}); "
-                         f"use teachers trained on the same dataset and classes")
+def _unique(names: Iterable[str]) -> list[str]:
+    """`names` in order, each once."""
+    return list(dict.fromkeys(names))
 
 
 def _points(model: nn.Module | None, overrides: Mapping[str, str] | None) -> dict[str, str]:
@@ -408,3 +397,6 @@ def _bn_buffers(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
                 if buffer is not None:
                     saved.append((buffer, buffer.clone()))
     return saved
+
+
+__all__ = ["DistillationLoss", "mix_teacher_logits", "mix_weights"]

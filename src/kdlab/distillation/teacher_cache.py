@@ -316,9 +316,8 @@ def cache_key_parts(config: Any, objective: Any, train_loader: Any, device: torc
     in_memory = isinstance(getattr(dataset, "images", None), torch.Tensor)
     augmenting = bool(config.data.augment and (not in_memory or dataset.crop_padding > 0 or dataset.flip))
     fixed = bool(augmenting and getattr(train_loader, "fixed_augmentation", False))
-    recorders = [objective._teacher_taps, *objective._extra_teacher_taps]
-    teachers = [{"weights": module_digest(t), "class": type(t).__name__, "view": _view(t), "taps": dict(rec.taps),
-                 "stop_early": rec.stop_early} for t, rec in zip(objective.teachers, recorders, strict=True)]
+    teachers = [{"weights": module_digest(t), "class": type(t).__name__, "view": _view(t), **rec.signature}
+                for t, rec in zip(objective.teachers, objective.teacher_recorders, strict=True)]
     return {
         "format": FORMAT, "torch": torch.__version__, "teachers": teachers,
         "logits": bool(objective.teacher_logits_needed),

@@ -28,6 +28,7 @@ from kdlab.engine import checkpoint as ckpt
 from kdlab.engine.distributed import on_main, rank_seed, seed_rank, wrap_objective
 from kdlab.engine.evaluate import evaluate
 from kdlab.engine.logging import RunLogger, read_metrics
+from kdlab.engine.objectives import StepOutput
 from kdlab.engine.precision import autocast, grad_scaler
 from kdlab.engine.reliability import save_bins
 from kdlab.engine.schedule import lr_factor, total_epochs
@@ -57,6 +58,39 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+class EpochTally:
+    """Running sums of an epoch's training steps: loss and named terms (on the device, no sync per step),
+    correct predictions, samples and steps."""
+
+    def __init__(self, device: torch.device):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.correct = torch.zeros((), device=device)
+        self.seen = 0
+        self.steps = 0
+
+    def add(self, out: StepOutput, targets: torch.Tensor) -> None:
+        self.steps += 1
+        self.seen += len(targets)
+        self.sums["loss"] = self.sums.get("loss", 0) + out.loss.detach()
+        for name, value in out.terms.items():
+            self.sums[name] = self.sums.get(name, 0) + value.detach().float()
+        if out.logits is not None:
+            self.correct += (out.logits.detach().argmax(1) == targets).sum()
+
+    def totals(self, dist=None) -> tuple[dict[str, float], float, int]:
+        """(mean per step of each sum, correct, seen), over all ranks under DDP (one all-reduce; the terms then
+        come in sorted order)."""
+        sums: dict[str, Any] = self.sums
+        correct, seen, steps = self.correct, self.seen, self.steps
+        if dist is not None:
+            names = sorted(sums)
+            local = [float(sums[n]) for n in names] + [float(correct), seen, steps]
+            packed = dist.all_reduce_sum(torch.tensor(local, dtype=torch.float64)).tolist()
+            sums = dict(zip(names, packed[:len(names)], strict=True))
+            correct, seen, steps = packed[-3], int(packed[-2]), int(packed[-1])
+        return {name: float(v) / max(steps, 1) for name, v in sums.items()}, float(correct), seen
 
 
 class Trainer:
@@ -193,27 +227,8 @@ class Trainer:
             for epoch in range(self.start_epoch, self.epochs + 1):
                 record = self.train_epoch(epoch)
                 record.update(self.evaluate_all())
-                top1 = record["test_top1"]
-                if record.get("diverged"):
-                    self.diverged_epochs.append(epoch)
-                is_best = math.isfinite(top1) and top1 > self.best_top1
-                if is_best:
-                    self.best_top1, self.best_epoch = top1, epoch
-                record["best_top1"] = self.best_top1
-                self.last_record = record
-                # A collective: every rank hands its RNG state to rank 0, which saves them all.
-                rng_ranks = self.dist.all_gather_object(ckpt.rng_state()) if self.dist is not None else None
-                if self.is_main:
-                    logger.log(record)
-                    state = self.state_dict(epoch)
-                    if rng_ranks is not None:
-                        state["rng_ranks"] = rng_ranks
-                    ckpt.save_atomic(state, self.run_dir / "last.pt")
-                    if is_best:
-                        ckpt.save_atomic(state, self.run_dir / "best.pt")
-                    save_bins(self.run_dir, self.last_eval, epoch)
-                    if not self.quiet:
-                        print(self.describe(record), flush=True)
+                is_best = self.note_epoch(epoch, record)
+                self.save_epoch(epoch, record, is_best, logger)
         finally:
             if logger is not None:
                 logger.close()
@@ -222,65 +237,94 @@ class Trainer:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
+    def note_epoch(self, epoch: int, record: dict[str, Any]) -> bool:
+        """Mark a diverged epoch, track the best finite test top-1 (adds best_top1 to `record`); True when this
+        epoch is the new best."""
+        top1 = record["test_top1"]
+        if record.get("diverged"):
+            self.diverged_epochs.append(epoch)
+        is_best = math.isfinite(top1) and top1 > self.best_top1
+        if is_best:
+            self.best_top1, self.best_epoch = top1, epoch
+        record["best_top1"] = self.best_top1
+        self.last_record = record
+        return is_best
+
+    def save_epoch(self, epoch: int, record: dict[str, Any], is_best: bool, logger: RunLogger | None) -> None:
+        """Rank 0 logs the metrics line (before the checkpoint), writes last.pt (and best.pt) atomically and the
+        reliability bins, and prints the epoch line."""
+        # A collective: every rank hands its RNG state to rank 0, which saves them all.
+        rng_ranks = self.dist.all_gather_object(ckpt.rng_state()) if self.dist is not None else None
+        if not self.is_main:
+            return
+        logger.log(record)
+        state = self.state_dict(epoch)
+        if rng_ranks is not None:
+            state["rng_ranks"] = rng_ranks
+        ckpt.save_atomic(state, self.run_dir / "last.pt")
+        if is_best:
+            ckpt.save_atomic(state, self.run_dir / "best.pt")
+        save_bins(self.run_dir, self.last_eval, epoch)
+        if not self.quiet:
+            print(self.describe(record), flush=True)
+
     def train_epoch(self, epoch: int) -> dict[str, Any]:
-        cfg = self.config
+        """One pass over the training batches, then the LR schedule's step; returns the epoch's train record."""
         self.train_module.train()
         if hasattr(self.train_loader, "set_epoch"):
             self.train_loader.set_epoch(epoch)
         lr = self.optimizer.param_groups[0]["lr"]
-        sums: dict[str, torch.Tensor] = {}
-        correct = torch.zeros((), device=self.device)
-        seen = 0
-        steps = 0
+        tally = EpochTally(self.device)
         start = time.perf_counter()
         bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{self.epochs}", leave=False,
                    disable=None if self.is_main and not self.quiet else True, dynamic_ncols=True)
         for images, targets, indices in bar:
-            images = images.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
-            if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, cfg.precision):
-                out = self.train_module(images, targets, indices, epoch)
-            self.optimizer.zero_grad(set_to_none=True)
-            if out.backward is not None:
-                out.backward(self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
-            else:
-                self.scaler.scale(out.loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            steps += 1
-            seen += len(targets)
-            loss = out.loss.detach()
-            sums["loss"] = sums.get("loss", 0) + loss
-            for name, value in out.terms.items():
-                sums[name] = sums.get(name, 0) + value.detach().float()
-            if out.logits is not None:
-                correct += (out.logits.detach().argmax(1) == targets).sum()
-            if steps % cfg.log_every == 0 or steps == 1:
-                # Under DDP the mean over ranks, so that all ranks stop together on a non-finite loss.
-                value = float(loss) if self.dist is None else float(self.dist.all_reduce_sum(loss.float()))
-                value = value / (self.dist.world_size if self.dist is not None else 1)
-                if not math.isfinite(value):
-                    raise KdlabError(f"the training loss became {value} in epoch {epoch}, step {steps}; lower "
-                                     f"optim.lr, use --precision fp32, or check the method's weights")
-                elapsed = time.perf_counter() - start
-                bar.set_postfix(loss=f"{value:.3f}", acc=f"{100 * float(correct) / seen:.1f}",
-                                img_s=f"{seen / max(elapsed, 1e-9):.0f}")
+            out, targets = self.train_step(images, targets, indices, epoch)
+            tally.add(out, targets)
+            if tally.steps % self.config.log_every == 0 or tally.steps == 1:
+                value = self.checked_step_loss(out.loss.detach(), epoch, tally.steps)
+                bar.set_postfix(loss=f"{value:.3f}", acc=f"{100 * float(tally.correct) / tally.seen:.1f}",
+                                img_s=f"{tally.seen / max(time.perf_counter() - start, 1e-9):.0f}")
         elapsed = time.perf_counter() - start
         self.scheduler.step()
-        record: dict[str, Any] = {"epoch": epoch, "lr": lr}
-        if self.dist is not None:  # losses and accuracy over all ranks' batches (one all-reduce)
-            names = sorted(sums)
-            local = [float(sums[n]) for n in names] + [float(correct), seen, steps]
-            packed = self.dist.all_reduce_sum(torch.tensor(local, dtype=torch.float64)).tolist()
-            sums = dict(zip(names, packed[:len(names)], strict=True))
-            correct, seen, steps = packed[-3], int(packed[-2]), int(packed[-1])
-        totals = {name: float(v) / max(steps, 1) for name, v in sums.items()}
+        return self.epoch_record(epoch, lr, tally, elapsed)
+
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None,
+                   epoch: int) -> tuple[StepOutput, torch.Tensor]:
+        """Forward (autocast), backward (the objective's own, or through the grad scaler), optimizer step;
+        returns the objective's output and the targets on the device."""
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.config.precision):
+            out = self.train_module(images, targets, indices, epoch)
+        self.optimizer.zero_grad(set_to_none=True)
+        if out.backward is not None:
+            out.backward(self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
+        else:
+            self.scaler.scale(out.loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return out, targets
+
+    def checked_step_loss(self, loss: torch.Tensor, epoch: int, step: int) -> float:
+        """A step's loss for the progress bar; under DDP the mean over ranks, so that all ranks stop together on
+        a non-finite loss (one-line error)."""
+        value = float(loss) if self.dist is None else float(self.dist.all_reduce_sum(loss.float()))
+        value = value / (self.dist.world_size if self.dist is not None else 1)
+        if not math.isfinite(value):
+            raise KdlabError(f"the training loss became {value} in epoch {epoch}, step {step}; lower "
+                             f"optim.lr, use --precision fp32, or check the method's weights")
+        return value
+
+    def epoch_record(self, epoch: int, lr: float, tally: EpochTally, elapsed: float) -> dict[str, Any]:
+        """The epoch's train numbers (over all ranks): mean loss and terms per step, top-1, throughput."""
+        totals, correct, seen = tally.totals(self.dist)
         if not math.isfinite(totals.get("loss", 0.0)):
             raise KdlabError(f"the training loss became {totals['loss']} in epoch {epoch}; lower optim.lr, use "
                              f"--precision fp32, or check the method's weights")
-        record["train_loss"] = totals.pop("loss", float("nan"))
+        record: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": totals.pop("loss", float("nan"))}
         for name, value in totals.items():
             record[f"train_loss_{name}"] = value
         record["train_top1"] = 100.0 * float(correct) / max(seen, 1)

@@ -1,8 +1,9 @@
-"""Calibration of teaching signals (seed 002, Čuk's thesis): the Tf-KD virtual teacher and `kdlab calibration`.
+"""Calibration of teaching signals (P. Čuk's MSc thesis, github.com/PiaCuk/distillistic): the Tf-KD virtual
+teacher and `kdlab calibration`.
 
-Tf-KD's virtual teacher (Yuan et al. 2020; METHODS.md §12) distills q = softmax(p_d / τ) with p_d = a on the
-label and b = (1 - a)/(K - 1) elsewhere. q depends only on the label, never on the image, so its confidence is
-one number per (K, a, τ):
+Tf-KD's virtual teacher (Yuan et al. 2020; docs/methods.md#tfkd_virtual) distills q = softmax(p_d / τ) with
+p_d = a on the label and b = (1 - a)/(K - 1) elsewhere. q depends only on the label, never on the image, so
+its confidence is one number per (K, a, τ):
 
     q_y = 1 / (1 + (K - 1)·exp(-(a - b)/τ))
 

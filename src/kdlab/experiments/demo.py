@@ -28,7 +28,8 @@ SEEDS = (0, 1, 2)
 TEACHER_EPOCHS = 30
 EPOCHS = 40
 # The teacher learns from the whole digits training split; the students see 10% of it (stratified, seeded),
-# the data-scarce setting (seed 004's fractions) where a teacher's soft labels carry the most information.
+# the data-scarce setting (as the training fractions of github.com/sseung0703/Knowledge_distillation_via_TF2.0)
+# where a teacher's soft labels carry the most information.
 FRACTION = 0.1
 
 

@@ -4,16 +4,18 @@ Runs are found recursively (a run directory holds config.yaml, metrics.jsonl and
 summary.json). Runs that differ only by seed form one cell: mean ± sample std over seeds, the gain over
 the baseline student (the same student trained alone on the same data), and the number of runs, e.g.
 "75.01 ± 0.21 (+1.56) [n=3]". Rows are methods (teacher and baseline first); columns are teacher→student
-pairs with parameter counts, as in seed 003's table; a second table pivots on the training-data fraction
-when runs differ by it, as in seed 004's. The roles come from the configs, not from directory names: a
-training run is a teacher when some distillation run points at its checkpoint, otherwise a baseline (and both
-when it is also the normally trained student of a column, as Tf-KD self's teacher is).
+pairs with parameter counts, as in the github.com/chitraz/KnowledgeDistillationForModelCompression README;
+a second table pivots on the training-data fraction when runs differ by it, as in the
+github.com/sseung0703/Knowledge_distillation_via_TF2.0 README. The roles come from the configs, not from
+directory names: a training run is a teacher when some distillation run points at its checkpoint, otherwise
+a baseline (and both when it is also the normally trained student of a column, as Tf-KD self's teacher is).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import statistics
@@ -205,15 +207,7 @@ def find_runs(paths: Iterable[str | Path]) -> Collection:
     for path in map(Path, paths):
         if not path.exists():
             raise KdlabError(f"'{path}' does not exist; pass run directories or a sweep root")
-        if _is_run_dir(path):
-            found.append(path)
-            continue
-        stack = [path] if path.is_dir() else []
-        while stack:  # a run directory's own subfolders (init/, tb/) are not runs of their own
-            folder = stack.pop()
-            for child in sorted(folder.iterdir(), reverse=True):
-                if child.is_dir():
-                    (found.append(child) if _is_run_dir(child) else stack.append(child))
+        found += [path] if _is_run_dir(path) else _run_dirs_below(path)
     records, unfinished = [], []
     seen: set[Path] = set()
     for run_dir in sorted(found):
@@ -235,6 +229,19 @@ def find_runs(paths: Iterable[str | Path]) -> Collection:
                          f"metrics.jsonl + summary.json) or a sweep root")
     _link_teachers(records)
     return Collection(records, unfinished)
+
+
+def _run_dirs_below(path: Path) -> list[Path]:
+    """The run directories below `path`, searched depth first; a run directory's own subfolders (init/, tb/)
+    are not runs of their own."""
+    found: list[Path] = []
+    stack = [path] if path.is_dir() else []
+    while stack:
+        folder = stack.pop()
+        for child in sorted(folder.iterdir(), reverse=True):
+            if child.is_dir():
+                (found.append(child) if _is_run_dir(child) else stack.append(child))
+    return found
 
 
 def _link_teachers(records: list[RunRecord]) -> None:
@@ -332,59 +339,101 @@ def _shown(value: str | None) -> str:
     return "-" if value is None else str(json.loads(value))
 
 
+Groups = dict[tuple, list[RunRecord]]  # signature -> the runs of one setting
+
+
 def build_table(runs: list[RunRecord]) -> Table:
     """Group finished runs into cells: columns by (data, fraction, teacher, student), rows by method."""
-    teacher_dirs = {r.teacher.run_dir.resolve() for r in runs if r.teacher is not None}
     distill = [r for r in runs if r.config.get("teachers") or r.method]
+    base_groups = group_baselines(baseline_runs(runs, distill))
+    dist_groups = group_distillations(distill)
+    columns = table_columns(dist_groups, base_groups)
+    cells: dict[tuple[Column, str], Cell] = {}
+    rows: dict[str, int] = {}  # label -> sort rank
+    for column in columns:
+        cells.update(column_cells(column, base_groups.get((column.data, column.fraction, column.student), {}),
+                                  dist_groups.get(column, {}), rows))
+    ordered = sorted(rows, key=lambda label: (rows[label], label))
+    return Table(columns, ordered, cells, param_counts(runs, distill))
+
+
+def baseline_runs(runs: list[RunRecord], distill: list[RunRecord]) -> list[RunRecord]:
+    """The training runs that are baselines: all but the teachers, and a teacher too when some distillation run
+    trains that student on that data (Tf-KD self-training takes the baseline as its teacher)."""
+    teacher_dirs = {r.teacher.run_dir.resolve() for r in runs if r.teacher is not None}
     distill_ids = {id(r) for r in distill}
-    # A training run used as a teacher is still the baseline of its own (data, fraction, model) when some
-    # distillation run trains that student there: Tf-KD self-training takes the baseline as its teacher.
     student_keys = {(r.data, r.fraction, r.model) for r in distill}
-    baselines = [r for r in runs if id(r) not in distill_ids
-                 and (r.run_dir.resolve() not in teacher_dirs or (r.data, r.fraction, r.model) in student_keys)]
+    return [r for r in runs if id(r) not in distill_ids
+            and (r.run_dir.resolve() not in teacher_dirs or (r.data, r.fraction, r.model) in student_keys)]
+
+
+def param_counts(runs: list[RunRecord], distill: list[RunRecord]) -> dict[str, int | None]:
+    """Parameters per model name, from the first run of it (teachers of distillation runs included)."""
     params: dict[str, int | None] = {}
     for r in runs + [r.teacher for r in distill if r.teacher is not None]:
         params.setdefault(r.model, r.params)
+    return params
 
-    cells: dict[tuple[Column, str], Cell] = {}
-    base_groups: dict[tuple[str, float, str], dict[tuple, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
+
+def group_baselines(baselines: list[RunRecord]) -> dict[tuple[str, float, str], Groups]:
+    """(data, fraction, model) -> the baselines' settings (method keys left out) -> runs."""
+    groups: dict[tuple[str, float, str], Groups] = defaultdict(lambda: defaultdict(list))
     for r in baselines:
-        base_groups[(r.data, r.fraction, r.model)][r.signature(method_keys=False)].append(r)
-    dist_groups: dict[Column, dict[str, dict[tuple, list[RunRecord]]]] = defaultdict(lambda: defaultdict(dict))
+        groups[(r.data, r.fraction, r.model)][r.signature(method_keys=False)].append(r)
+    return groups
+
+
+def group_distillations(distill: list[RunRecord]) -> dict[Column, dict[str, Groups]]:
+    """Column -> method -> settings -> runs; the column's teacher is the teacher run's model."""
+    groups: dict[Column, dict[str, Groups]] = defaultdict(lambda: defaultdict(dict))
     for r in distill:
         teacher = r.teacher.model if r.teacher is not None else _teacher_name(r)
         column = Column(r.data, r.fraction, teacher, r.model)
-        dist_groups[column][r.method or "?"].setdefault(r.signature(), []).append(r)
+        groups[column][r.method or "?"].setdefault(r.signature(), []).append(r)
+    return groups
 
+
+def table_columns(dist_groups: dict[Column, dict[str, Groups]],
+                  base_groups: dict[tuple[str, float, str], Groups]) -> list[Column]:
+    """Teacher→student columns, then a baseline-only column for each student no pair column holds."""
     columns = sorted(dist_groups, key=lambda c: (c.data, -c.fraction, c.teacher or "", c.student))
     students_with_pairs = {(c.data, c.fraction, c.student) for c in columns}
     columns += sorted((Column(d, f, None, s) for (d, f, s) in base_groups if (d, f, s) not in students_with_pairs),
                       key=lambda c: (c.data, -c.fraction, c.student))
-    rows: dict[str, int] = {}  # label -> sort rank
-    for column in columns:
-        base_variants = base_groups.get((column.data, column.fraction, column.student), {})
-        base_labels = _variant_labels(base_variants, BASELINE)
-        base_cells = {}
-        for key, group in base_variants.items():
-            base_cells[key] = cells[(column, base_labels[key])] = Cell(group)
-            rows.setdefault(base_labels[key], 1)
-        teachers: dict[Path, RunRecord] = {}
-        for method, variants in dist_groups.get(column, {}).items():
-            labels = _variant_labels(variants, method)
-            for key, group in variants.items():
-                own = tuple(item for item in key if item[0].split(".")[0] not in METHOD_KEYS)
-                baseline = base_cells.get(own)
-                if baseline is None and len(base_cells) == 1:
-                    cells[(column, labels[key])] = Cell(group, next(iter(base_cells.values())), True)
-                else:
-                    cells[(column, labels[key])] = Cell(group, baseline)
-                rows.setdefault(labels[key], 2)
-                teachers.update({r.teacher.run_dir.resolve(): r.teacher for r in group if r.teacher is not None})
-        if teachers:
-            cells[(column, TEACHER)] = Cell(list(teachers.values()))
-            rows.setdefault(TEACHER, 0)
-    ordered = sorted(rows, key=lambda label: (rows[label], label))
-    return Table(columns, ordered, cells, params)
+    return columns
+
+
+def column_cells(column: Column, base_variants: Groups, method_variants: dict[str, Groups],
+                 rows: dict[str, int]) -> dict[tuple[Column, str], Cell]:
+    """One column's cells: its baseline(s), each method setting (with the baseline it is compared to) and the
+    teacher; the row labels used go into `rows` with their rank (teacher 0, baselines 1, methods 2)."""
+    cells: dict[tuple[Column, str], Cell] = {}
+    base_labels = _variant_labels(base_variants, BASELINE)
+    base_cells = {key: Cell(group) for key, group in base_variants.items()}
+    for key, cell in base_cells.items():
+        cells[(column, base_labels[key])] = cell
+        rows.setdefault(base_labels[key], 1)
+    teachers: dict[Path, RunRecord] = {}
+    for method, variants in method_variants.items():
+        labels = _variant_labels(variants, method)
+        for key, group in variants.items():
+            cells[(column, labels[key])] = method_cell(group, key, base_cells)
+            rows.setdefault(labels[key], 2)
+            teachers.update({r.teacher.run_dir.resolve(): r.teacher for r in group if r.teacher is not None})
+    if teachers:
+        cells[(column, TEACHER)] = Cell(list(teachers.values()))
+        rows.setdefault(TEACHER, 0)
+    return cells
+
+
+def method_cell(group: list[RunRecord], signature: tuple, base_cells: dict[tuple, Cell]) -> Cell:
+    """A method setting's cell, compared with the baseline trained with the same settings (its signature without
+    the method keys); failing that, with the column's only baseline, marked as differing; else with none."""
+    own = tuple(item for item in signature if item[0].split(".")[0] not in METHOD_KEYS)
+    baseline = base_cells.get(own)
+    if baseline is None and len(base_cells) == 1:
+        return Cell(group, next(iter(base_cells.values())), True)
+    return Cell(group, baseline)
 
 
 def _teacher_name(record: RunRecord) -> str | None:
@@ -432,7 +481,7 @@ def _legend(metric: str) -> str:
 
 
 def markdown_tables(table: Table, metrics: list[str], epochs: list[str]) -> str:
-    """Seed 003's layout per (data, fraction), plus seed 004's fraction table per pair when fractions vary."""
+    """One table per (data, fraction) (methods x pairs), plus a fraction table per pair when fractions vary."""
     blocks = []
     by_data: dict[tuple[str, float], list[Column]] = defaultdict(list)
     for column in table.columns:
@@ -480,22 +529,19 @@ CSV_FIELDS = ("data", "fraction", "teacher", "teacher_params", "student", "stude
 def csv_rows(table: Table, metrics: list[str], epochs: list[str]) -> list[dict[str, Any]]:
     """One row per cell, metric and epoch choice (tidy format)."""
     rows = []
-    for column in table.columns:
-        for label in table.rows:
-            cell = table.cells.get((column, label))
-            if cell is None:
-                continue
-            for metric in metrics:
-                for epoch in epochs:
-                    mean, std, n = cell.stats(metric, epoch)
-                    gain = cell.gain(metric, epoch)
-                    rows.append({"data": column.data, "fraction": column.fraction, "teacher": column.teacher or "",
-                                 "teacher_params": table.params.get(column.teacher) if column.teacher else "",
-                                 "student": column.student, "student_params": table.params.get(column.student),
-                                 "method": label, "epoch": epoch, "metric": metric, "mean": mean, "std": std, "n": n,
-                                 "diverged": cell.diverged(epoch),
-                                 "gain": "" if gain is None else gain,
-                                 "runs": ";".join(str(r.run_dir) for r in cell.runs)})
+    for column, label in itertools.product(table.columns, table.rows):
+        cell = table.cells.get((column, label))
+        if cell is None:
+            continue
+        for metric, epoch in itertools.product(metrics, epochs):
+            mean, std, n = cell.stats(metric, epoch)
+            gain = cell.gain(metric, epoch)
+            rows.append({"data": column.data, "fraction": column.fraction, "teacher": column.teacher or "",
+                         "teacher_params": table.params.get(column.teacher) if column.teacher else "",
+                         "student": column.student, "student_params": table.params.get(column.student),
+                         "method": label, "epoch": epoch, "metric": metric, "mean": mean, "std": std, "n": n,
+                         "diverged": cell.diverged(epoch), "gain": "" if gain is None else gain,
+                         "runs": ";".join(str(r.run_dir) for r in cell.runs)})
     return rows
 
 

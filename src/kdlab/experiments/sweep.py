@@ -195,109 +195,165 @@ def load_sweep(path: str | Path, out: str | None = None, data_root: str | None =
 
 
 def plan(spec: dict[str, Any], where: _Where, root: Path, data_root: str | None) -> list[PlannedRun]:
-    if "data" not in spec:
-        raise where.error("no data set; add e.g. 'data: cifar100' (or a list of names)")
-    data_names = where.name_list(spec["data"], "data")
-    for name in data_names:
-        if name not in datasets.list_datasets():
-            raise where.error(f"unknown data set '{name}'{closest(name, datasets.list_datasets())}; "
-                              f"see 'kdlab list datasets'")
+    """Every run of a checked sweep spec, in execution order: per data set its teachers, then seed by seed."""
+    data_names = _data_names(where, spec)
     fractions = list(dict.fromkeys(_normalise_fraction(where, f) for f in where.name_list(
         spec.get("fractions", [None]), "fractions", object)))  # 1.0 and null are one grid point
     seeds = list(dict.fromkeys(where.name_list(spec.get("seeds", [0]), "seeds", int)))
     base = where.layer(spec.get("config"), "config")
+    teachers = _teacher_entries(where, spec.get("teachers"))
+    students = _student_entries(where, spec.get("students"))
+    pairs = _pairs(where, spec.get("pairs"), teachers, students)
+    method_entries = _method_entries(where, spec.get("methods"), [f"{t}-{s}" for t, s in pairs], seeds)
+    if not teachers and any(m["method"] for m in method_entries.values()):
+        raise where.error("distillation methods need a teacher; add one under 'teachers:' (or keep only baseline)")
+    grid = _Grid(where, root, base, teachers, students, pairs, method_entries, fractions)
+    return [run for data_name in data_names for run in grid.runs(data_name, data_root)]
 
-    def check_model(name: Any, at: str) -> str:
-        try:
-            models.model_info(str(name))
-        except KdlabError as exc:
-            raise where.error(f"'{at}': {exc}") from None
-        return str(name)
 
-    teachers: dict[str, dict[str, Any]] = {}
-    raw_teachers = spec.get("teachers") or {}
-    if isinstance(raw_teachers, list):
-        raw_teachers = {name: None for name in where.name_list(raw_teachers, "teachers")}
-    if not isinstance(raw_teachers, dict):
+def _data_names(where: _Where, spec: dict[str, Any]) -> list[str]:
+    if "data" not in spec:
+        raise where.error("no data set; add e.g. 'data: cifar100' (or a list of names)")
+    names = where.name_list(spec["data"], "data")
+    for name in names:
+        if name not in datasets.list_datasets():
+            raise where.error(f"unknown data set '{name}'{closest(name, datasets.list_datasets())}; "
+                              f"see 'kdlab list datasets'")
+    return names
+
+
+def _check_model(where: _Where, name: Any, at: str) -> str:
+    try:
+        models.model_info(str(name))
+    except KdlabError as exc:
+        raise where.error(f"'{at}': {exc}") from None
+    return str(name)
+
+
+def _teacher_entries(where: _Where, value: Any) -> dict[str, dict[str, Any]]:
+    """`teachers:` (a list of model names or a mapping name -> entry) as name -> model, seed, config, checkpoint."""
+    raw = value or {}
+    if isinstance(raw, list):
+        raw = {name: None for name in where.name_list(raw, "teachers")}
+    if not isinstance(raw, dict):
         raise where.error("'teachers' must map names to entries (model, seed, config, checkpoint)")
-    for name, entry in raw_teachers.items():
+    teachers: dict[str, dict[str, Any]] = {}
+    for name, entry in raw.items():
         name = where.dir_name(name, "teachers")
         entry = where.keys(entry, TEACHER_KEYS, f"teachers.{name}")
         seed = entry.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise where.error(f"'teachers.{name}.seed' must be a whole number, got {seed!r}")
-        teachers[name] = {"model": check_model(entry.get("model", name), f"teachers.{name}.model"), "seed": seed,
-                          "config": where.layer(entry.get("config"), f"teachers.{name}.config"),
+        teachers[name] = {"model": _check_model(where, entry.get("model", name), f"teachers.{name}.model"),
+                          "seed": seed, "config": where.layer(entry.get("config"), f"teachers.{name}.config"),
                           "checkpoint": entry.get("checkpoint")}
+    return teachers
 
-    students: dict[str, dict[str, Any]] = {}
-    raw_students = spec.get("students")
-    if not raw_students:
+
+def _student_entries(where: _Where, value: Any) -> dict[str, dict[str, Any]]:
+    """`students:` (a list of model names or a mapping name -> entry) as name -> model, config."""
+    if not value:
         raise where.error("no students; add e.g. 'students: [resnet20]'")
-    if not isinstance(raw_students, dict):
-        raw_students = {name: None for name in where.name_list(raw_students, "students")}
-    for name, entry in raw_students.items():
+    if not isinstance(value, dict):
+        value = {name: None for name in where.name_list(value, "students")}
+    students: dict[str, dict[str, Any]] = {}
+    for name, entry in value.items():
         name = where.dir_name(name, "students")
         entry = where.keys(entry, STUDENT_KEYS, f"students.{name}")
-        students[name] = {"model": check_model(entry.get("model", name), f"students.{name}.model"),
+        students[name] = {"model": _check_model(where, entry.get("model", name), f"students.{name}.model"),
                           "config": where.layer(entry.get("config"), f"students.{name}.config")}
+    return students
 
-    pairs = _pairs(where, spec.get("pairs"), teachers, students)
-    pair_names = [f"{t}-{s}" for t, s in pairs]
-    method_entries = _method_entries(where, spec.get("methods"), pair_names, seeds)
-    if not teachers and any(m["method"] for m in method_entries.values()):
-        raise where.error("distillation methods need a teacher; add one under 'teachers:' (or keep only baseline)")
 
-    runs: list[PlannedRun] = []
-    teacher_runs: dict[tuple[str, str], PlannedRun] = {}
-    for data_name in data_names:
+@dataclass
+class _Grid:
+    """The checked entries of a sweep file; `runs` lays them out as the run directories of one data set."""
+
+    where: _Where
+    root: Path
+    base: dict[str, Any]  # the sweep's `config:` layer
+    teachers: dict[str, dict[str, Any]]
+    students: dict[str, dict[str, Any]]
+    pairs: list[tuple[str, str]]  # (teacher, student)
+    methods: dict[str, dict[str, Any]]  # row name -> method entry (_method_entries)
+    fractions: list[float | None]
+
+    def runs(self, data_name: str, data_root: str | None) -> list[PlannedRun]:
         managed_data = {"name": data_name, **({"root": data_root} if data_root else {})}
-        for tname, teacher in teachers.items():
-            run_name = f"{data_name}/teachers/{tname}/s{teacher['seed']}"
-            if teacher["checkpoint"]:
-                ckpt_path = Path(str(teacher["checkpoint"]))
-                run = PlannedRun(run_name, "teacher", ckpt_path.parent, None, {"checkpoint": str(ckpt_path)},
-                                 state="external", note="" if ckpt_path.is_file() else "checkpoint missing")
-            else:
-                layer = cfg.merge(cfg.merge(base, teacher["config"]),
-                                  {"model": teacher["model"], "seed": teacher["seed"], "data": managed_data,
-                                   "out": str(root / run_name)})
-                run = _build_run(where, run_name, "teacher", root, layer)
-            teacher_runs[(data_name, tname)] = run
-            runs.append(run)
+        teacher_runs = {tname: self.teacher_run(data_name, managed_data, tname, teacher)
+                        for tname, teacher in self.teachers.items()}
+        runs = list(teacher_runs.values())
         # Seed by seed, so the first complete table (every method, one seed) is there as early as possible.
-        for seed in sorted({s for entry in method_entries.values() for s in entry["seeds"]}):
-            for fraction in fractions:
+        for seed in sorted({s for entry in self.methods.values() for s in entry["seeds"]}):
+            for fraction in self.fractions:
                 prefix = f"{data_name}{fraction_suffix(fraction)}"
                 data_layer = {**managed_data, "fraction": fraction}
-                if seed in method_entries.get(BASELINE, {}).get("seeds", []):
-                    for sname, student in students.items():
-                        name = f"{prefix}/students/{sname}/s{seed}"
-                        layer = cfg.merge(cfg.merge(base, student["config"]),
-                                          {"model": student["model"], "seed": seed, "data": data_layer,
-                                           "out": str(root / name)})
-                        runs.append(_build_run(where, name, BASELINE, root, layer))
-                for (tname, sname), pair_name in zip(pairs, pair_names):
-                    teacher_run = teacher_runs[(data_name, tname)]
-                    teacher_ckpt = (Path(teacher_run.layer["checkpoint"]) if teacher_run.config is None
-                                    else teacher_run.run_dir / "best.pt")
-                    for mname, entry in method_entries.items():
-                        if not entry["method"] or seed not in entry["seeds"] or pair_name not in entry["pairs"]:
-                            continue
-                        per_pair = entry["per_pair"].get(pair_name, {})
-                        layer = cfg.merge(base, students[sname]["config"])
-                        for extra in (entry["config"], entry["hparams"], per_pair.get("config", {}),
-                                      per_pair.get("hparams", {})):
-                            layer = cfg.merge(layer, extra)
-                        name = f"{prefix}/{pair_name}/{mname}/s{seed}"
-                        layer = cfg.merge(layer, {"model": students[sname]["model"], "seed": seed,
-                                                  "data": data_layer, "method": entry["method"],
-                                                  "teachers": [str(teacher_ckpt.resolve())],
-                                                  "out": str(root / name)})
-                        run = _build_run(where, name, "distill", root, layer)
-                        run.teacher = teacher_run.name
-                        runs.append(run)
-    return runs
+                runs += self.baseline_runs(prefix, data_layer, seed)
+                runs += self.distill_runs(prefix, data_layer, seed, teacher_runs)
+        return runs
+
+    def teacher_run(self, data_name: str, managed_data: dict[str, Any], tname: str,
+                    teacher: dict[str, Any]) -> PlannedRun:
+        """A teacher trained by the sweep (on the full data), or an existing checkpoint (state 'external')."""
+        name = f"{data_name}/teachers/{tname}/s{teacher['seed']}"
+        if teacher["checkpoint"]:
+            path = Path(str(teacher["checkpoint"]))
+            return PlannedRun(name, "teacher", path.parent, None, {"checkpoint": str(path)}, state="external",
+                              note="" if path.is_file() else "checkpoint missing")
+        layer = cfg.merge(cfg.merge(self.base, teacher["config"]),
+                          {"model": teacher["model"], "seed": teacher["seed"], "data": managed_data,
+                           "out": str(self.root / name)})
+        return _build_run(self.where, name, "teacher", self.root, layer)
+
+    def baseline_runs(self, prefix: str, data_layer: dict[str, Any], seed: int) -> list[PlannedRun]:
+        """Every student trained alone, when the `baseline` row runs this seed."""
+        if seed not in self.methods.get(BASELINE, {}).get("seeds", []):
+            return []
+        runs = []
+        for sname, student in self.students.items():
+            name = f"{prefix}/students/{sname}/s{seed}"
+            layer = cfg.merge(cfg.merge(self.base, student["config"]),
+                              {"model": student["model"], "seed": seed, "data": data_layer,
+                               "out": str(self.root / name)})
+            runs.append(_build_run(self.where, name, BASELINE, self.root, layer))
+        return runs
+
+    def distill_runs(self, prefix: str, data_layer: dict[str, Any], seed: int,
+                     teacher_runs: dict[str, PlannedRun]) -> list[PlannedRun]:
+        """Every (pair, method row) that runs this seed, distilled from the pair's teacher run."""
+        runs = []
+        for tname, sname in self.pairs:
+            pair_name, teacher_run = f"{tname}-{sname}", teacher_runs[tname]
+            for mname, entry in self.methods.items():
+                if not entry["method"] or seed not in entry["seeds"] or pair_name not in entry["pairs"]:
+                    continue
+                name = f"{prefix}/{pair_name}/{mname}/s{seed}"
+                layer = cfg.merge(distill_layer(self.base, self.students[sname]["config"], entry, pair_name),
+                                  {"model": self.students[sname]["model"], "seed": seed, "data": data_layer,
+                                   "method": entry["method"], "teachers": [str(teacher_checkpoint(teacher_run))],
+                                   "out": str(self.root / name)})
+                run = _build_run(self.where, name, "distill", self.root, layer)
+                run.teacher = teacher_run.name
+                runs.append(run)
+        return runs
+
+
+def teacher_checkpoint(teacher_run: PlannedRun) -> Path:
+    """The checkpoint a distillation run reads: an external teacher's file, else the teacher run's best.pt."""
+    path = Path(teacher_run.layer["checkpoint"]) if teacher_run.config is None else teacher_run.run_dir / "best.pt"
+    return path.resolve()
+
+
+def distill_layer(base: dict[str, Any], student_config: dict[str, Any], entry: dict[str, Any],
+                  pair_name: str) -> dict[str, Any]:
+    """A distillation run's config layer before the sweep's own keys, later layers winning: the sweep's
+    `config`, the student's `config`, the method row's `config` and `hparams`, then the row's `per_pair`
+    `config` and `hparams` for this pair."""
+    per_pair = entry["per_pair"].get(pair_name, {})
+    layer = cfg.merge(base, student_config)
+    for extra in (entry["config"], entry["hparams"], per_pair.get("config", {}), per_pair.get("hparams", {})):
+        layer = cfg.merge(layer, extra)
+    return layer
 
 
 def _pairs(where: _Where, value: Any, teachers: dict, students: dict) -> list[tuple[str, str]]:
@@ -338,11 +394,7 @@ def _method_entries(where: _Where, value: Any, pair_names: list[str], seeds: lis
         entry = where.keys(entry, METHOD_KEYS, at)
         spec = None if name == BASELINE else str(entry.get("method", name))
         if spec is not None:
-            for part in spec.split("+"):
-                try:
-                    get(part.strip())
-                except KdlabError as exc:
-                    raise where.error(f"'{at}': {exc}") from None
+            _check_method_names(where, spec, at)
         elif set(entry) - {"seeds"}:
             raise where.error(f"'{at}' trains the student alone; it takes only 'seeds' (put its config under "
                               f"'students.<name>.config' or the sweep's 'config')")
@@ -363,6 +415,14 @@ def _method_entries(where: _Where, value: Any, pair_names: list[str], seeds: lis
                          "hparams": _hparams_layer(where, spec or "", entry.get("hparams"), f"{at}.hparams"),
                          "pairs": list(only) if isinstance(only, list) else [only], "per_pair": per_pair}
     return entries
+
+
+def _check_method_names(where: _Where, spec: str, at: str) -> None:
+    for part in spec.split("+"):
+        try:
+            get(part.strip())
+        except KdlabError as exc:
+            raise where.error(f"'{at}': {exc}") from None
 
 
 def _build_run(where: _Where, name: str, kind: str, root: Path, layer: dict[str, Any]) -> PlannedRun:
@@ -495,6 +555,19 @@ def run_sweep(path: str | Path, out: str | None = None, data_root: str | None = 
     echo(describe(sweep, runs, commands=dry_run))
     if dry_run:
         return sweep
+    _refuse_to_start(sweep, runs)
+    todo = [r for r in runs if r.state in ("new", "resume")]
+    failed = _execute(todo, quiet, echo)
+    if failed:
+        first = next(iter(failed.items()))
+        raise KdlabError(f"{len(failed)} of {len(todo)} runs failed (first: {first[0]}: {first[1]}); fix the cause "
+                         f"and run the sweep again (finished runs are skipped)")
+    echo(f"sweep finished: {len(runs)} runs in {sweep.root}; tables with: kdlab report {sweep.root}")
+    return sweep
+
+
+def _refuse_to_start(sweep: Sweep, runs: list[PlannedRun]) -> None:
+    """Stop before anything runs: a run directory holds other settings, or a needed teacher file is missing."""
     changed = [r for r in runs if r.state == "changed"]
     if changed:
         raise KdlabError(f"{len(changed)} run(s) already exist with other settings, e.g. {changed[0].run_dir}: "
@@ -504,8 +577,11 @@ def run_sweep(path: str | Path, out: str | None = None, data_root: str | None = 
         if run.state == "external" and run.note and run.name in needed:
             raise KdlabError(f"teacher checkpoint '{run.layer['checkpoint']}' does not exist; fix "
                              f"'teachers.<name>.checkpoint' in {sweep.path}")
+
+
+def _execute(todo: list[PlannedRun], quiet: bool, echo: Callable[[str], None]) -> dict[str, str]:
+    """Run `todo` in order, skipping the runs whose teacher failed; returns run name -> why it failed."""
     failed: dict[str, str] = {}
-    todo = [r for r in runs if r.state in ("new", "resume")]
     start = time.perf_counter()
     for index, run in enumerate(todo, 1):
         if run.teacher in failed:
@@ -513,30 +589,32 @@ def run_sweep(path: str | Path, out: str | None = None, data_root: str | None = 
             echo(f"[{index}/{len(todo)}] skip {run.name}: {failed[run.name]}")
             continue
         echo(f"[{index}/{len(todo)}] {'resume' if run.state == 'resume' else 'start'} {run.name}")
-        if run.state == "new" and run.run_dir.is_dir():
-            _clear_partial(run.run_dir)
-        runner: Runner = run_train if run.kind in ("teacher", BASELINE) else run_distill
-        try:
-            summary = runner(run.config, resume=run.state == "resume", quiet=quiet)
-        except KdlabError as exc:
-            failed[run.name] = str(exc)
-            echo(f"    failed: {exc}")
-            continue
-        except KeyboardInterrupt:
-            echo(f"sweep interrupted in {run.name}; run the same sweep command again to resume it")
-            raise
-        except Exception as exc:  # a bug in one run must not lose a night of others; the traceback is kept
-            traceback.print_exc(file=sys.stderr)
-            failed[run.name] = f"{type(exc).__name__}: {exc}"
-            echo(f"    failed: {failed[run.name]}")
-            continue
-        run.state = "done"
-        last = summary.get("last", {})
-        echo(f"    done: last top-1 {last.get('test_top1', float('nan')):.2f}%, best {summary['best_top1']:.2f}% "
-             f"(epoch {summary['best_epoch']}) [{time.perf_counter() - start:.0f} s]")
-    if failed:
-        first = next(iter(failed.items()))
-        raise KdlabError(f"{len(failed)} of {len(todo)} runs failed (first: {first[0]}: {first[1]}); fix the cause "
-                         f"and run the sweep again (finished runs are skipped)")
-    echo(f"sweep finished: {len(runs)} runs in {sweep.root}; tables with: kdlab report {sweep.root}")
-    return sweep
+        error = _execute_one(run, quiet, echo, start)
+        if error is not None:
+            failed[run.name] = error
+            echo(f"    failed: {error}")
+    return failed
+
+
+def _execute_one(run: PlannedRun, quiet: bool, echo: Callable[[str], None], start: float) -> str | None:
+    """One run (a partial one without checkpoint cleared first); None when it finished, else why it failed.
+    A bug in one run must not lose a night of others, so any exception is caught (its traceback printed);
+    Ctrl-C stops the sweep."""
+    if run.state == "new" and run.run_dir.is_dir():
+        _clear_partial(run.run_dir)
+    runner: Runner = run_train if run.kind in ("teacher", BASELINE) else run_distill
+    try:
+        summary = runner(run.config, resume=run.state == "resume", quiet=quiet)
+    except KdlabError as exc:
+        return str(exc)
+    except KeyboardInterrupt:
+        echo(f"sweep interrupted in {run.name}; run the same sweep command again to resume it")
+        raise
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        return f"{type(exc).__name__}: {exc}"
+    run.state = "done"
+    last = summary.get("last", {})
+    echo(f"    done: last top-1 {last.get('test_top1', float('nan')):.2f}%, best {summary['best_top1']:.2f}% "
+         f"(epoch {summary['best_epoch']}) [{time.perf_counter() - start:.0f} s]")
+    return None

@@ -2,7 +2,8 @@
 
 Like torch.nn.functional, these hold no state; the modules in `kdlab.methods` own taps, connectors and
 weights and call them. Each function returns the loss as defined by its paper or authors' code
-(see ../shared/METHODS.md); outer weights are applied by the method.
+(docs/methods.md has a section per method with the formula and its sources); outer weights are applied by the
+method.
 """
 
 from kdlab.losses.contrastive import *  # noqa: F401,F403

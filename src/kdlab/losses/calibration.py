@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import math
 
-from kdlab.errors import KdlabError
-
 
 def virtual_teacher_confidence(num_classes: int, correct_prob: float = 0.99, temperature: float = 20.0) -> float:
     """q_y, the probability Tf-KD's virtual teacher puts on the label (the same for every sample)."""
@@ -30,14 +28,13 @@ def virtual_teacher_confidence(num_classes: int, correct_prob: float = 0.99, tem
 def calibrated_temperature(num_classes: int, target_accuracy: float, correct_prob: float = 0.99) -> float:
     """The τ at which the virtual teacher's confidence q_y equals `target_accuracy` (see the module docstring)."""
     if num_classes < 2:
-        raise KdlabError(f"a virtual teacher needs at least 2 classes, got {num_classes}")
+        raise ValueError(f"a virtual teacher needs at least 2 classes, got {num_classes}")
     chance = 1.0 / num_classes
     if not chance < target_accuracy < 1.0:
-        raise KdlabError(f"method.tfkd_virtual.calibrate={target_accuracy} is not a target accuracy between chance "
-                         f"({chance:.3g} for {num_classes} classes) and 1; use e.g. calibrate=0.9, or 0 to keep "
-                         f"the fixed temperature")
+        raise ValueError(f"target_accuracy={target_accuracy} must lie between chance ({chance:.3g} for {num_classes} "
+                         f"classes) and 1")
     other = (1.0 - correct_prob) / (num_classes - 1)
     if correct_prob <= other:
-        raise KdlabError(f"method.tfkd_virtual.correct_prob={correct_prob} must exceed 1/{num_classes} for the "
-                         f"virtual teacher to favour the label; the authors use 0.99")
+        raise ValueError(f"correct_prob={correct_prob} must exceed 1/{num_classes} for the virtual teacher to "
+                         f"favour the label")
     return (correct_prob - other) / math.log((num_classes - 1) * target_accuracy / (1.0 - target_accuracy))

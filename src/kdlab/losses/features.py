@@ -1,16 +1,16 @@
 """Feature-based distillation losses (FitNet, AT, NST, VID, OD, AB, FSP, FT, KD-SVD, ReviewKD HCL).
 
 Stateless like ``torch.nn.functional``: tensors first, hyperparameters as keywords with the authors'
-defaults. Every function returns an *unweighted* scalar as defined in ../shared/METHODS.md; the outer
+defaults. Every function returns an *unweighted* scalar as defined in docs/methods.md; the outer
 weight (e.g. AT β = 1000) belongs to the method in ``kdlab.methods`` and is given in each docstring.
 
-Conventions shared by all functions (METHODS.md §1, §27):
+Conventions shared by all functions:
 
 * Teacher tensors are constants: they are detached here, so gradients reach only the student side.
 * Connectors (regressors, 1×1 convs, ABF) are not applied here; functions receive already-transformed
   student features where the method has a connector.
 * Where the method pools (AT, NST, VID, FSP), the larger spatial map is adaptive-average-pooled to the
-  smaller size (§27.3); OD pools the teacher to the student's size (mdistiller).
+  smaller size; OD pools the teacher to the student's size (mdistiller).
 * Arithmetic is float32 with autocast disabled, so the losses are safe inside mixed-precision training.
 """
 
@@ -25,8 +25,6 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from kdlab.errors import KdlabError
 
 __all__ = [
     "fitnet",
@@ -73,7 +71,7 @@ def _teacher(t: Tensor) -> Tensor:
 
 def _check_4d(x: Tensor, what: str) -> None:
     if x.dim() != 4:
-        raise KdlabError(
+        raise ValueError(
             f"{what} must be a 4-d feature map (B, C, H, W), got shape {tuple(x.shape)}; "
             f"tap a convolutional stage output"
         )
@@ -81,7 +79,7 @@ def _check_4d(x: Tensor, what: str) -> None:
 
 def _check_batch(s: Tensor, t: Tensor, what: str) -> None:
     if s.shape[0] != t.shape[0]:
-        raise KdlabError(
+        raise ValueError(
             f"{what}: student batch {s.shape[0]} != teacher batch {t.shape[0]}; "
             f"feed the same images to both networks"
         )
@@ -89,14 +87,14 @@ def _check_batch(s: Tensor, t: Tensor, what: str) -> None:
 
 def _check_same_shape(s: Tensor, t: Tensor, what: str, fix: str) -> None:
     if s.shape != t.shape:
-        raise KdlabError(f"{what}: student shape {tuple(s.shape)} != teacher shape {tuple(t.shape)}; {fix}")
+        raise ValueError(f"{what}: student shape {tuple(s.shape)} != teacher shape {tuple(t.shape)}; {fix}")
 
 
 def _check_lists(student: Sequence[Any], teacher: Sequence[Any], what: str) -> None:
     if len(student) == 0:
-        raise KdlabError(f"{what}: got no feature maps; tap at least one stage")
+        raise ValueError(f"{what}: got no feature maps; tap at least one stage")
     if len(student) != len(teacher):
-        raise KdlabError(
+        raise ValueError(
             f"{what}: {len(student)} student maps but {len(teacher)} teacher maps; "
             f"tap the same number of stages in both networks"
         )
@@ -108,7 +106,7 @@ def _pool_to(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def _pool_to_smaller(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Adaptive-average-pool the larger of two maps to the smaller spatial size (§27.3)."""
+    """Adaptive-average-pool the larger of two maps to the smaller spatial size (RepDistiller, mdistiller)."""
     size = (min(a.shape[-2], b.shape[-2]), min(a.shape[-1], b.shape[-1]))
     return _pool_to(a, size), _pool_to(b, size)
 
@@ -118,7 +116,7 @@ def _pool_to_smaller(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 
 @_fp32
 def fitnet(student_hint: Tensor, teacher_hint: Tensor) -> Tensor:
-    """FitNet hint loss: elementwise MSE mean ``mean((r(F_s) - F_t)^2)`` (Romero et al. 2015; METHODS §5).
+    """FitNet hint loss: elementwise MSE mean ``mean((r(F_s) - F_t)^2)`` (Romero et al. 2015; docs/methods.md#fitnet).
 
     ``student_hint`` has already been through the regressor r (ConvReg), so shapes must match.
     Default outer weight: 100 (RepDistiller ``-b 100``, mdistiller ``FEAT_WEIGHT 100``).
@@ -138,7 +136,7 @@ def fitnet(student_hint: Tensor, teacher_hint: Tensor) -> Tensor:
 def attention_map(feature: Tensor, p: float = 2) -> Tensor:
     """Normalised attention map ``q = a/||a||_2``, ``a = vec(mean_c |F_c|^p)``, shape (B, HW).
 
-    Zagoruyko & Komodakis 2017 (METHODS §6). The paper's ``|A|^p`` is used, equal to the code's ``F^p`` for
+    Zagoruyko & Komodakis 2017 (docs/methods.md#at). The paper's ``|A|^p`` is used, equal to the code's ``F^p`` for
     p = 2 and free of NaNs for fractional p. The mean vs sum over channels cancels in the normalisation.
     """
     _check_4d(feature, "attention_map feature")
@@ -148,7 +146,7 @@ def attention_map(feature: Tensor, p: float = 2) -> Tensor:
 
 @_fp32
 def at(student_features: Sequence[Tensor], teacher_features: Sequence[Tensor], p: float = 2) -> Tensor:
-    """Attention transfer, code form: ``sum_stages mean_{B,HW} (q_s - q_t)^2`` (METHODS §6).
+    """Attention transfer, code form: ``sum_stages mean_{B,HW} (q_s - q_t)^2`` (docs/methods.md#at).
 
     Channel counts may differ; a larger spatial map is average-pooled to the smaller one before the
     attention map is taken (RepDistiller/mdistiller). Default outer weight β = 1000, p = 2.
@@ -176,7 +174,7 @@ def _poly_kernel_mean(a: Tensor, b: Tensor) -> Tensor:
 def nst(student_features: Sequence[Tensor], teacher_features: Sequence[Tensor]) -> Tensor:
     """Neuron selectivity transfer: polynomial-kernel MMD² (d = 2, c = 0), batch mean, sum over stages.
 
-    Huang & Wang 2017 (METHODS §7). Each channel's spatial map is L2-normalised over positions; channel
+    Huang & Wang 2017 (docs/methods.md#nst). Each channel's spatial map is L2-normalised over positions; channel
     counts may differ; the larger map is pooled. The teacher–teacher term is kept as a constant
     (RepDistiller/mdistiller), so the value is the full MMD² (>= 0) while its gradient equals the official
     code's. Default outer weight λ = 50.
@@ -198,9 +196,9 @@ def nst(student_features: Sequence[Tensor], teacher_features: Sequence[Tensor]) 
 
 
 def vid_init_log_scale(init_variance: float = 5.0, eps: float = 1e-5) -> float:
-    """α such that ``softplus(α) + eps == init_variance`` (VID initial variance 5.0, METHODS §15)."""
+    """α such that ``softplus(α) + eps == init_variance`` (VID initial variance 5.0, docs/methods.md#vid)."""
     if init_variance <= eps:
-        raise KdlabError(f"vid init_variance {init_variance} must exceed eps {eps}; use e.g. 5.0")
+        raise ValueError(f"vid init_variance {init_variance} must exceed eps {eps}; use e.g. 5.0")
     return math.log(math.expm1(init_variance - eps))
 
 
@@ -213,7 +211,7 @@ def vid(
 ) -> Tensor:
     """Variational information distillation: Gaussian NLL of teacher given student, summed over stages.
 
-    Ahn et al. 2019 (METHODS §15): per stage
+    Ahn et al. 2019 (docs/methods.md#vid): per stage
     ``mean_{B,C,H,W} ½[(μ - t)²/σ_c² + log σ_c²]`` with ``σ_c² = softplus(α_c) + eps``, where μ is the
     student's regressor output (C_t channels) and α (shape (C_t,)) are learnable log-scale parameters,
     initialised with :func:`vid_init_log_scale`. A larger spatial map is pooled to the smaller (the method
@@ -222,7 +220,7 @@ def vid(
     """
     _check_lists(student_means, teacher_features, "vid")
     if len(log_scale_params) != len(teacher_features):
-        raise KdlabError(
+        raise ValueError(
             f"vid: {len(log_scale_params)} log-scale parameters for {len(teacher_features)} stages; "
             f"create one (C_t,) parameter per stage"
         )
@@ -232,12 +230,12 @@ def vid(
         _check_4d(t, "vid teacher feature")
         _check_batch(mu, t, "vid")
         if mu.shape[1] != t.shape[1]:
-            raise KdlabError(
+            raise ValueError(
                 f"vid: student mean has {mu.shape[1]} channels, teacher {t.shape[1]}; "
                 f"the VID regressor must output the teacher's channel count"
             )
         if alpha.numel() != t.shape[1]:
-            raise KdlabError(
+            raise ValueError(
                 f"vid: log-scale parameter has {alpha.numel()} entries for {t.shape[1]} teacher channels; "
                 f"create it with shape (C_t,)"
             )
@@ -251,14 +249,14 @@ def vid(
 
 
 def od_margin(bn_weight: Tensor, bn_bias: Tensor) -> Tensor:
-    """Per-channel OD margin ``E[x | x < 0]`` for ``x ~ N(β, γ²)`` (Heo et al. 2019; METHODS §10).
+    """Per-channel OD margin ``E[x | x < 0]`` for ``x ~ N(β, γ²)`` (Heo et al. 2019; docs/methods.md#od).
 
     ``m - s·φ(m/s)/Φ(-m/s)`` with m = β, s = |γ| when Φ(-m/s) > 0.001, else ``-3s`` (official rule).
     Computed once in float64 from the BN before the teacher's ReLU; returned as a float32 constant of
     shape (C,) on the BN's device (register it as a buffer).
     """
     if bn_weight.shape != bn_bias.shape or bn_weight.dim() != 1:
-        raise KdlabError(
+        raise ValueError(
             f"od_margin: BN weight {tuple(bn_weight.shape)} and bias {tuple(bn_bias.shape)} must be "
             f"equal 1-d; pass the teacher BatchNorm's .weight and .bias"
         )
@@ -278,7 +276,7 @@ def od(
     teacher_features: Sequence[Tensor],
     margins: Sequence[Tensor],
 ) -> Tensor:
-    """Overhaul distillation: partial L2 to the margin-clipped pre-ReLU teacher, ``/ B`` (METHODS §10).
+    """Overhaul distillation: partial L2 to the margin-clipped pre-ReLU teacher, ``/ B`` (docs/methods.md#od).
 
     Per stage: ``t~ = max(t, margin_c)``; sum of ``(s - t~)²`` over elements where ``s > t~`` or
     ``t~ > 0``; stage i of N weighted by ``1/2^(N-1-i)`` (deepest 1); total divided by B. ``s`` is the
@@ -288,7 +286,7 @@ def od(
     """
     _check_lists(student_features, teacher_features, "od")
     if len(margins) != len(teacher_features):
-        raise KdlabError(
+        raise ValueError(
             f"od: {len(margins)} margins for {len(teacher_features)} stages; "
             f"compute one od_margin per teacher stage"
         )
@@ -299,7 +297,7 @@ def od(
         _check_4d(t, "od teacher feature")
         _check_batch(s, t, "od")
         if s.shape[1] != t.shape[1] or margin.numel() != t.shape[1]:
-            raise KdlabError(
+            raise ValueError(
                 f"od stage {i}: student {s.shape[1]} / teacher {t.shape[1]} / margin {margin.numel()} "
                 f"channels differ; use a 1x1-conv+BN connector to the teacher's channels and one margin "
                 f"per channel"
@@ -317,7 +315,7 @@ def od(
 
 @_fp32
 def ab(student_features: Sequence[Tensor], teacher_features: Sequence[Tensor], margin: float = 1.0) -> Tensor:
-    """Activation-boundary "alternative L2", summed over elements, stage-weighted, ``/ B`` (METHODS §14).
+    """Activation-boundary "alternative L2", summed over elements, stage-weighted, ``/ B`` (docs/methods.md#ab).
 
     Per element: ``(s + μ)²·1[s > -μ, t <= 0] + (s - μ)²·1[s <= μ, t > 0]``, with s the connector output
     and t the teacher's pre-ReLU map (same shape). Stage i of N is weighted ``2^(i-N+1)`` (deepest 1).
@@ -341,14 +339,14 @@ def ab(student_features: Sequence[Tensor], teacher_features: Sequence[Tensor], m
 
 
 def fsp_matrix(f1: Tensor, f2: Tensor) -> Tensor:
-    """FSP ("flow") matrix ``G_ab = mean_{h,w} F1_a F2_b``, shape (B, C1, C2) (Yim et al. 2017; §16).
+    """FSP ("flow") matrix ``G_ab = mean_{h,w} F1_a F2_b``, shape (B, C1, C2) (Yim et al. 2017; docs/methods.md#fsp).
 
     The larger map of the pair is adaptive-average-pooled to the smaller spatial size (RepDistiller).
     """
     _check_4d(f1, "fsp_matrix f1")
     _check_4d(f2, "fsp_matrix f2")
     if f1.shape[0] != f2.shape[0]:
-        raise KdlabError(
+        raise ValueError(
             f"fsp_matrix: batch sizes {f1.shape[0]} and {f2.shape[0]} differ; "
             f"pair maps from the same forward pass"
         )
@@ -362,7 +360,7 @@ def fsp(
     student_pairs: Sequence[tuple[Tensor, Tensor]],
     teacher_pairs: Sequence[tuple[Tensor, Tensor]],
 ) -> Tensor:
-    """FSP loss, RepDistiller form: ``sum_pairs mean_{B,a,b} (G_s - G_t)²`` (METHODS §16).
+    """FSP loss, RepDistiller form: ``sum_pairs mean_{B,a,b} (G_s - G_t)²`` (docs/methods.md#fsp).
 
     Student and teacher matrices must have equal channel counts (RepDistiller has no adaptor). FSP is an
     initialisation-stage loss (30 epochs, weight 1, alone); RepDistiller's ``-b`` has no effect.
@@ -373,7 +371,7 @@ def fsp(
         g_s = fsp_matrix(s1, s2)
         g_t = fsp_matrix(_teacher(t1), _teacher(t2))
         if g_s.shape != g_t.shape:
-            raise KdlabError(
+            raise ValueError(
                 f"fsp pair {k}: student matrix {tuple(g_s.shape[1:])} != teacher {tuple(g_t.shape[1:])} "
                 f"(channels must match); use a connector to the teacher's channels or pick matching stages"
             )
@@ -388,7 +386,8 @@ def fsp(
 def ft(student_factor: Tensor, teacher_factor: Tensor) -> Tensor:
     """Factor transfer, authors' form: per-sample flattened, L2-normalised factors, mean L1 over B·D.
 
-    Kim et al. 2018 (METHODS §13, official Factor-Transfer-pytorch), not RepDistiller's AT-style variant.
+    Kim et al. 2018 (docs/methods.md#ft; official github.com/Jangho-Kim/Factor-Transfer-pytorch), not
+    RepDistiller's AT-style variant.
     ``student_factor`` is the translator output, ``teacher_factor`` the frozen paraphraser encoding.
     Default outer weight β = 500 (official; RepDistiller uses 200 with its variant).
     """
@@ -420,7 +419,7 @@ class _TopEigh(torch.autograd.Function):
 
     The eigenvector gradient has ``1/(λ_j - λ_i)`` terms that blow up for (near-)equal eigenvalues, as in
     rank-deficient feature maps; those terms are zeroed (the official KD-SVD code also uses a truncated,
-    NaN-zeroing SVD gradient, METHODS §17).
+    NaN-zeroing SVD gradient; docs/methods.md#kdsvd).
     """
 
     @staticmethod
@@ -474,7 +473,7 @@ def _right_singular(feature: Tensor, n: int) -> tuple[Tensor, Tensor]:
 
 @_fp32
 def kdsvd(student_features: Sequence[Tensor], teacher_features: Sequence[Tensor], k: int = 1) -> Tensor:
-    """Self-supervised KD with SVD, as in RepDistiller (Lee et al. 2018; METHODS §17).
+    """Self-supervised KD with SVD, as in RepDistiller (Lee et al. 2018; docs/methods.md#kdsvd).
 
     Per stage and sample, X = HW × C. Teacher: top-k right singular vectors (unit over C) and its
     singular values L2-normalised over k; student: top-(k+3) vectors. Each teacher vector is matched to
@@ -491,7 +490,7 @@ def kdsvd(student_features: Sequence[Tensor], teacher_features: Sequence[Tensor]
     """
     _check_lists(student_features, teacher_features, "kdsvd")
     if k < 1:
-        raise KdlabError(f"kdsvd k={k} must be >= 1; use the default k=1")
+        raise ValueError(f"kdsvd k={k} must be >= 1; use the default k=1")
     total = student_features[0].float().sum() * 0.0
     prev_s: Tensor | None = None
     prev_t: Tensor | None = None
@@ -500,7 +499,7 @@ def kdsvd(student_features: Sequence[Tensor], teacher_features: Sequence[Tensor]
         _check_4d(t, "kdsvd teacher feature")
         _check_batch(s, t, "kdsvd")
         if s.shape[1] != t.shape[1]:
-            raise KdlabError(
+            raise ValueError(
                 f"kdsvd stage {i}: student has {s.shape[1]} channels, teacher {t.shape[1]}; KD-SVD needs "
                 f"equal channels per stage: add a connector or choose stages with matching widths"
             )
@@ -508,7 +507,7 @@ def kdsvd(student_features: Sequence[Tensor], teacher_features: Sequence[Tensor]
         rank_t = min(c, t.shape[-2] * t.shape[-1])
         rank_s = min(c, s.shape[-2] * s.shape[-1])
         if k > rank_t or k > rank_s:
-            raise KdlabError(f"kdsvd stage {i}: k={k} exceeds min(C, H*W)={min(rank_t, rank_s)}; lower k")
+            raise ValueError(f"kdsvd stage {i}: k={k} exceeds min(C, H*W)={min(rank_t, rank_s)}; lower k")
         v_t, sv_t = _right_singular(_teacher(t), k)
         v_s, _ = _right_singular(s.float(), min(k + 3, rank_s))
         sv_t = F.normalize(sv_t, dim=1)
@@ -542,7 +541,7 @@ def reviewkd_hcl(
     pool_sizes: Sequence[int] = (4, 2, 1),
     pool_weights: Sequence[float] = (0.5, 0.25, 0.125),
 ) -> Tensor:
-    """ReviewKD hierarchical context loss, summed over levels (Chen et al. 2021; METHODS §25).
+    """ReviewKD hierarchical context loss, summed over levels (Chen et al. 2021; docs/methods.md#reviewkd).
 
     Per level: ``[MSE(O, F_t) + Σ w·MSE(P_l O, P_l F_t)] / (1 + Σ w)`` with P_l adaptive average pooling to
     l × l. As in the official ``hcl``, a pool size l is used only if ``l < H`` (here ``l < min(H, W)``),
@@ -553,7 +552,7 @@ def reviewkd_hcl(
     """
     _check_lists(student_outputs, teacher_features, "reviewkd_hcl")
     if len(pool_sizes) != len(pool_weights):
-        raise KdlabError(
+        raise ValueError(
             f"reviewkd_hcl: {len(pool_sizes)} pool sizes but {len(pool_weights)} weights; "
             f"give one weight per size"
         )

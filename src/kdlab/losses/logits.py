@@ -3,7 +3,7 @@
 Stateless functions in the style of ``torch.nn.functional``: tensors first, hyperparameters as keywords with
 the paper's / authors' defaults. Each returns a scalar tensor holding the *unweighted* loss as defined by its
 method; outer weights (e.g. CE 0.1 / KD 0.9) are applied by the caller and are listed in each docstring.
-Definitions, defaults and sources: ``/work/shared/METHODS.md`` (section numbers cited per function).
+Definitions, defaults and sources: docs/methods.md (the section of each method is cited per function).
 
 Conventions shared by every function here:
 
@@ -11,10 +11,10 @@ Conventions shared by every function here:
   autocast and low-precision training; log-probabilities come from ``log_softmax``, never ``log(softmax)``.
   Only elementwise ops and reductions are used, which autocast never down-casts.
 * Teacher-side tensors (teacher logits, teacher probabilities, teacher features, other DML peers) are
-  detached: they are targets, not parameters (METHODS.md §1, §27.2). The one tensor that carries gradient
-  into a frozen teacher module is SRD's ``cross_logits`` (§20), which is never detached.
+  detached: they are targets, not parameters. The one tensor that carries gradient into a frozen teacher
+  module is SRD's ``cross_logits`` (docs/methods.md#srd), which is never detached.
 * "Batch-mean" = sum over classes, average over the batch (KL ``'batchmean'``); Tf-KD deliberately uses the
-  ``'mean'`` reduction (divide by B*K) instead (§4 f, §12).
+  ``'mean'`` reduction (divide by B*K) instead (docs/methods.md#tfkd_self).
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from kdlab.errors import KdlabError
 
 __all__ = [
     "kd",
@@ -63,11 +61,11 @@ def _f32(x: Tensor) -> Tensor:
 
 def _check_logits(name: str, x: Tensor) -> None:
     if not isinstance(x, Tensor):
-        raise KdlabError(
+        raise ValueError(
             f"{name} must be a torch.Tensor, got {type(x).__name__}; pass the model's output logits"
         )
     if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] < 2:
-        raise KdlabError(
+        raise ValueError(
             f"{name} must have shape (batch, num_classes) with batch >= 1 and num_classes >= 2, got "
             f"{tuple(x.shape)}; flatten extra dimensions before calling the loss"
         )
@@ -77,7 +75,7 @@ def _check_pair(a_name: str, a: Tensor, b_name: str, b: Tensor) -> None:
     _check_logits(a_name, a)
     _check_logits(b_name, b)
     if a.shape != b.shape:
-        raise KdlabError(
+        raise ValueError(
             f"{a_name} {tuple(a.shape)} and {b_name} {tuple(b.shape)} must have the same shape; "
             "student and teacher must be built for the same number of classes and see the same batch"
         )
@@ -85,7 +83,7 @@ def _check_pair(a_name: str, a: Tensor, b_name: str, b: Tensor) -> None:
 
 def _check_temperature(temperature: float, name: str = "temperature") -> None:
     if not temperature > 0:
-        raise KdlabError(f"{name} must be > 0, got {temperature}; use e.g. {name}=4.0")
+        raise ValueError(f"{name} must be > 0, got {temperature}; use e.g. {name}=4.0")
 
 
 def _check_target(target: Tensor, batch: int | None, num_classes: int) -> None:
@@ -93,15 +91,15 @@ def _check_target(target: Tensor, batch: int | None, num_classes: int) -> None:
     if not isinstance(target, Tensor) or target.dtype not in (torch.int64, torch.int32, torch.int16,
                                                                 torch.int8, torch.uint8):
         kind = target.dtype if isinstance(target, Tensor) else type(target).__name__
-        raise KdlabError(f"target must be an integer class-index tensor, got {kind}; pass the int64 labels")
+        raise ValueError(f"target must be an integer class-index tensor, got {kind}; pass the int64 labels")
     if target.dim() != 1 or (batch is not None and target.shape[0] != batch):
         want = f"({batch},) to match the logits' batch" if batch is not None else "(batch,)"
-        raise KdlabError(
+        raise ValueError(
             f"target must have shape {want}, got {tuple(target.shape)}; "
             "pass class indices, not one-hot vectors"
         )
     if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
-        raise KdlabError(
+        raise ValueError(
             f"target values must lie in [0, {num_classes - 1}], got range [{int(target.min())}, "
             f"{int(target.max())}]; check num_classes of the model and the dataset"
         )
@@ -121,13 +119,13 @@ def _kl_probs(p: Tensor, log_q: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# KD (Hinton et al. 2014), METHODS.md §4
+# KD (Hinton et al. 2014), docs/methods.md#kd
 
 
 def kd(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0) -> Tensor:
     """Hinton KD: T^2 * batch-mean KL(softmax(z_t/T) || softmax(z_s/T)).
 
-    Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network" (arXiv:1503.02531); METHODS.md §4.
+    Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network" (arXiv:1503.02531); docs/methods.md#kd.
     The T^2 factor keeps the soft-target gradient scale independent of T. Default outer weights
     (RepDistiller / mdistiller CIFAR): 0.1 * CE + 0.9 * kd with T = 4. The teacher logits are detached.
     """
@@ -143,7 +141,7 @@ def kd_from_probs(student_logits: Tensor, teacher_probs: Tensor, temperature: fl
 
     ``teacher_probs`` must already be temperature-scaled (e.g. ``average_teacher_probs(..., temperature=T)``
     for multi-teacher KD, or an average of peers' probabilities for DML_e). Same loss and outer weights as
-    :func:`kd` (METHODS.md §4); ``kd_from_probs(s, softmax(t / T), T) == kd(s, t, T)``. Detached target.
+    :func:`kd` (docs/methods.md#kd); ``kd_from_probs(s, softmax(t / T), T) == kd(s, t, T)``. Detached target.
     """
     _check_pair("student_logits", student_logits, "teacher_probs", teacher_probs)
     _check_temperature(temperature)
@@ -159,7 +157,7 @@ def average_teacher_probs(
     Weights are normalised to sum to 1 (default: equal). Output is detached and at least float32.
     """
     if isinstance(teacher_logits, Tensor) or len(teacher_logits) == 0:
-        raise KdlabError(
+        raise ValueError(
             "teacher_logits must be a non-empty list of (batch, num_classes) tensors, one per teacher"
         )
     _check_temperature(temperature)
@@ -171,9 +169,9 @@ def average_teacher_probs(
     else:
         w = [float(x) for x in weights]
         if len(w) != n:
-            raise KdlabError(f"got {len(w)} teacher weights for {n} teachers; pass one weight per teacher")
+            raise ValueError(f"got {len(w)} teacher weights for {n} teachers; pass one weight per teacher")
         if any(x < 0 for x in w) or sum(w) <= 0:
-            raise KdlabError(f"teacher weights must be >= 0 with a positive sum, got {w}")
+            raise ValueError(f"teacher weights must be >= 0 with a positive sum, got {w}")
         total = sum(w)
         w = [x / total for x in w]
     out = None
@@ -185,7 +183,7 @@ def average_teacher_probs(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# DKD (Zhao et al. 2022), METHODS.md §24
+# DKD (Zhao et al. 2022), docs/methods.md#dkd
 
 
 def dkd_terms(
@@ -197,7 +195,7 @@ def dkd_terms(
 ) -> tuple[Tensor, Tensor]:
     """DKD's (TCKD, NCKD), each T^2 * KL, batch-mean (``reduction="batchmean"``) or per sample (``"none"``).
 
-    Zhao et al., "Decoupled Knowledge Distillation" (CVPR 2022, arXiv:2203.08679); METHODS.md §24.
+    Zhao et al., "Decoupled Knowledge Distillation" (CVPR 2022, arXiv:2203.08679); docs/methods.md#dkd.
     TCKD = KL(b_t || b_s) with b = [p_y, 1 - p_y], p = softmax(z/T); NCKD = KL(p̂_t || p̂_s) with
     p̂ = softmax over the non-target classes of z/T. Per sample, KL(p_t||p_s) = TCKD + (1 - p_t_y) * NCKD.
 
@@ -212,7 +210,7 @@ def dkd_terms(
     b, k = student_logits.shape
     _check_target(target, b, k)
     if reduction not in ("batchmean", "none"):
-        raise KdlabError(f"reduction must be 'batchmean' or 'none', got {reduction!r}")
+        raise ValueError(f"reduction must be 'batchmean' or 'none', got {reduction!r}")
     zs = _f32(student_logits) / temperature
     zt = _f32(teacher_logits).detach() / temperature
     y = target.to(zs.device).long().unsqueeze(1)  # (B, 1)
@@ -246,7 +244,7 @@ def dkd(
     beta: float = 8.0,
     temperature: float = 4.0,
 ) -> Tensor:
-    """Decoupled KD: alpha * TCKD + beta * NCKD (see :func:`dkd_terms`); METHODS.md §24.
+    """Decoupled KD: alpha * TCKD + beta * NCKD (see :func:`dkd_terms`); docs/methods.md#dkd.
 
     Defaults are mdistiller's CIFAR-100 ones (official): alpha 1, beta 8 (2 for res56->res20 and
     res110->res32, 6 for the wrn40-2 / vgg13 pairs), T 4, CE weight 1. The method multiplies this loss by
@@ -257,30 +255,30 @@ def dkd(
 
 
 def dkd_warmup(epoch: int | float, warmup: int | float = 20) -> float:
-    """DKD/ReviewKD linear warm-up factor min(epoch / warmup, 1), 1-indexed epoch (METHODS.md §24, §27.6).
+    """DKD/ReviewKD linear warm-up factor min(epoch / warmup, 1), 1-indexed epoch (docs/methods.md#dkd, #reviewkd).
 
     ``warmup <= 0`` disables the warm-up (factor 1).
     """
     if epoch < 0:
-        raise KdlabError(f"epoch must be >= 0 (1-indexed training epochs), got {epoch}")
+        raise ValueError(f"epoch must be >= 0 (1-indexed training epochs), got {epoch}")
     if warmup <= 0:
         return 1.0
     return float(min(epoch / warmup, 1.0))
 
 
 # ----------------------------------------------------------------------------------------------------------
-# DIST (Huang et al. 2022), METHODS.md §19
+# DIST (Huang et al. 2022), docs/methods.md#dist
 
 
 def pearson(x: Tensor, y: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
-    """Pearson correlation of x and y along ``dim``: <x-x̄, y-ȳ> / (|x-x̄| |y-ȳ| + eps) (DIST's ρ, §19).
+    """Pearson correlation of x and y along ``dim``: <x-x̄, y-ȳ> / (|x-x̄| |y-ȳ| + eps) (DIST's ρ, docs/methods.md#dist).
 
     Finite gradient also where a centred vector is zero (a batch of 1, identical rows): the norms come
     from ``vector_norm``, whose backward is 0 at the origin, as in the official DIST code (``Tensor.norm``;
     github.com/hunto/DIST_KD); ``sqrt(sum(x²))`` would give inf·0 = NaN there.
     """
     if x.shape != y.shape:
-        raise KdlabError(f"pearson needs equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(f"pearson needs equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
     x = _f32(x)
     y = _f32(y)
     xc = x - x.mean(dim=dim, keepdim=True)
@@ -293,7 +291,7 @@ def pearson(x: Tensor, y: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
 def dist_terms(
     student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0
 ) -> tuple[Tensor, Tensor]:
-    """DIST's (L_inter, L_intra), each including tau^2, on Y = softmax(z / tau); METHODS.md §19.
+    """DIST's (L_inter, L_intra), each including tau^2, on Y = softmax(z / tau); docs/methods.md#dist.
 
     L_inter = tau^2 (1 - mean_i ρ(Y^s_i,:, Y^t_i,:)) correlates each sample's class vector (rows);
     L_intra = tau^2 (1 - mean_c ρ(Y^s_:,c, Y^t_:,c)) correlates each class across the batch (columns).
@@ -319,7 +317,7 @@ def dist(
     """DIST: beta * L_inter + gamma * L_intra (tau^2 inside; see :func:`dist_terms`).
 
     Huang et al., "Knowledge Distillation from A Stronger Teacher" (NeurIPS 2022, arXiv:2205.10536);
-    METHODS.md §19. The loss-module defaults are beta = gamma = 1, tau = 1 (ImageNet); the official CIFAR
+    docs/methods.md#dist. The loss-module defaults are beta = gamma = 1, tau = 1 (ImageNet); the official CIFAR
     config uses tau = 4 with outer weights CE 1 and ``kd_loss_weight`` 2 (effective beta = gamma = 2).
     """
     inter, intra = dist_terms(student_logits, teacher_logits, temperature=temperature)
@@ -327,11 +325,14 @@ def dist(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Logit standardization (Sun et al. 2024), METHODS.md §26
+# Logit standardization (Sun et al. 2024), docs/methods.md#lskd
 
 
 def logit_standardize(logits: Tensor, eps: float = 1e-7) -> Tensor:
-    """Per-sample Z-score over classes: (z - mean) / (std + eps), unbiased std (K - 1) as official (§26)."""
+    """Per-sample Z-score over classes: (z - mean) / (std + eps), unbiased std (K - 1) as the official code.
+
+    docs/methods.md#lskd.
+    """
     _check_logits("logits", logits)
     z = _f32(logits)
     return (z - z.mean(dim=1, keepdim=True)) / (z.std(dim=1, keepdim=True) + eps)
@@ -343,7 +344,7 @@ def logit_standardized_kd(
     """KD on Z-scored logits: T^2 * batch-mean KL(softmax(Z(z_t)/T) || softmax(Z(z_s)/T)).
 
     Sun et al., "Logit Standardization in Knowledge Distillation" (CVPR 2024, arXiv:2403.01427);
-    METHODS.md §26. The T^2 factor is kept. Official defaults: base T 2, outer weights CE 0.1 / KD 9.
+    docs/methods.md#lskd. The T^2 factor is kept. Official defaults: base T 2, outer weights CE 0.1 / KD 9.
     Do not standardize the logits fed to the CE term.
     """
     _check_pair("student_logits", student_logits, "teacher_logits", teacher_logits)
@@ -352,7 +353,7 @@ def logit_standardized_kd(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Tf-KD (Yuan et al. 2020), METHODS.md §12
+# Tf-KD (Yuan et al. 2020), docs/methods.md#tfkd_self, #tfkd_virtual
 
 
 def tfkd_self(
@@ -361,7 +362,7 @@ def tfkd_self(
     """Tf-KD self-training term: m * T^2 * KLDiv_mean(softmax(z_t/T) || softmax(z_s/T)).
 
     Yuan et al., "Revisiting Knowledge Distillation via Label Smoothing Regularization" (CVPR 2020);
-    METHODS.md §12. KLDiv_mean is PyTorch's default ``'mean'`` reduction (sum / (B*K)), kept on purpose
+    docs/methods.md#tfkd_self. KLDiv_mean is PyTorch's default ``'mean'`` reduction (sum / (B*K)), kept on purpose
     because the authors' hyperparameters are tied to it. The caller mixes (1 - alpha) * CE + alpha * this;
     CIFAR-100 (alpha, T, m): ResNet18 (0.95, 6, 50), MobileNetV2 (0.95, 20, 1), ShuffleNetV2 (0.95, 20, 1).
     """
@@ -382,13 +383,13 @@ def virtual_teacher_probs(
 ) -> Tensor:
     """Tf-KD virtual teacher q = softmax(p_d / tau), p_d = a on the label and (1 - a)/(K - 1) elsewhere.
 
-    As the authors' code (METHODS.md §12): softmax of the smoothed *probability* vector, a = 0.99 hard-coded
-    there; q is nearly uniform (K=100, tau=20: q_y ≈ 0.0105). Returns (B, K) of ``dtype``, no gradient.
+    As the authors' code (docs/methods.md#tfkd_virtual): softmax of the smoothed *probability* vector, a = 0.99
+    hard-coded there; q is nearly uniform (K=100, tau=20: q_y ≈ 0.0105). Returns (B, K) of ``dtype``, no gradient.
     """
     if num_classes < 2:
-        raise KdlabError(f"num_classes must be >= 2, got {num_classes}")
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     if not 0.0 <= correct_prob <= 1.0:
-        raise KdlabError(f"correct_prob must be in [0, 1], got {correct_prob}; the authors use 0.99")
+        raise ValueError(f"correct_prob must be in [0, 1], got {correct_prob}; the authors use 0.99")
     _check_temperature(temperature)
     _check_target(target, None, num_classes)
     b = target.shape[0]
@@ -407,7 +408,8 @@ def tfkd_virtual(
 ) -> Tensor:
     """Tf-KD virtual-teacher (reg) term: m * KLDiv_mean(q || softmax(z_s)), q = :func:`virtual_teacher_probs`.
 
-    METHODS.md §12: the student is *not* tempered and there is no tau^2 factor (authors' code; issue #24);
+    docs/methods.md#tfkd_virtual: the student is *not* tempered and there is no tau^2 factor (authors' code,
+    github.com/yuanli2333/Teacher-free-Knowledge-Distillation/issues/24);
     ``'mean'`` reduction = sum / (B*K). The caller mixes (1 - alpha) * CE + alpha * this; CIFAR-100
     (alpha, tau, m): ResNet18 (0.1, 20, 100), MobileNetV2 (0.95, 40, 1), ShuffleNetV2 (0.95, 10, 1).
     """
@@ -421,13 +423,13 @@ def tfkd_virtual(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# SRD (Yang et al. 2021) and SRDwithDIST, METHODS.md §20
+# SRD (Yang et al. 2021) and SRDwithDIST, docs/methods.md#srd, #srd_dist
 
 
 def _pool(x: Tensor, name: str) -> Tensor:
     if not isinstance(x, Tensor) or x.dim() not in (2, 4):
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise KdlabError(f"{name} must be (B, C, H, W) or pooled (B, C), got {shape}")
+        raise ValueError(f"{name} must be (B, C, H, W) or pooled (B, C), got {shape}")
     x = _f32(x)
     return x.mean(dim=(2, 3)) if x.dim() == 4 else x
 
@@ -436,7 +438,7 @@ def _srd_fm(student_features: Tensor, teacher_features: Tensor) -> Tensor:
     fs = _pool(student_features, "student_features")
     ft = _pool(teacher_features, "teacher_features").detach()
     if fs.shape != ft.shape:
-        raise KdlabError(
+        raise ValueError(
             f"pooled student features {tuple(fs.shape)} do not match pooled teacher features "
             f"{tuple(ft.shape)}; "
             "pass the student features through the SRD connector (1x1 conv to the teacher's channels) first"
@@ -450,7 +452,7 @@ def srd_terms(
     """SRD's (L_FM, L_SR): MSE of pooled features, MSE of cross-network vs teacher logits.
 
     Yang, Martinez, Bulat, Tzimiropoulos, "Knowledge Distillation via Softmax Regression Representation
-    Learning" (ICLR 2021; "SRD" in arXiv:2205.06701); METHODS.md §20.
+    Learning" (ICLR 2021; "SRD" in arXiv:2205.06701); docs/methods.md#srd.
     ``student_features``: the student's last feature map *after* the connector (1x1 conv + BN + ReLU to the
     teacher's channels), (B, C_t, H, W) or already pooled (B, C_t); 4-D inputs are global-average-pooled.
     ``cross_logits``: the teacher's frozen classifier applied to the pooled transformed student feature,
@@ -470,7 +472,7 @@ def srd(
     teacher_logits: Tensor,
     feature_weight: float = 1.0,
 ) -> Tensor:
-    """SRD loss feature_weight * L_FM + L_SR (see :func:`srd_terms`); METHODS.md §20.
+    """SRD loss feature_weight * L_FM + L_SR (see :func:`srd_terms`); docs/methods.md#srd.
 
     Official totals: SRD_ossl L_CE + 1 * (s * L_FM + L_SR) with s = 1 (``srd``) or 10 (``srdv2``, and for a
     ShuffleV1 student); KD_SRRL ImageNet L_CE + L_FM + 1 * L_SR. No KD term by default.
@@ -508,7 +510,7 @@ def srd_dist(
         sr = dist(cross_logits, teacher_logits, beta=beta, gamma=gamma, temperature=temperature)
     else:
         if temperature != 1.0:
-            raise KdlabError(
+            raise ValueError(
                 f"srd_dist: temperature={temperature} has no effect on raw logits (Pearson is scale-invariant); "
                 "set softmax=True to use it, or leave temperature at 1"
             )
@@ -519,17 +521,17 @@ def srd_dist(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# DML (Zhang et al. 2018), METHODS.md §11
+# DML (Zhang et al. 2018), docs/methods.md#dml
 
 
 def _check_peers(logits: Sequence[Tensor], index: int) -> int:
     if isinstance(logits, Tensor) or len(logits) < 2:
-        raise KdlabError(
+        raise ValueError(
             "DML needs a list of at least 2 peers' logits, one (batch, num_classes) tensor per peer"
         )
     m = len(logits)
     if not -m <= index < m:
-        raise KdlabError(f"peer index {index} out of range for {m} peers; use 0..{m - 1}")
+        raise ValueError(f"peer index {index} out of range for {m} peers; use 0..{m - 1}")
     for i, z in enumerate(logits):
         _check_pair("logits[0]", logits[0], f"logits[{i}]", z)
     return index % m
@@ -538,7 +540,7 @@ def _check_peers(logits: Sequence[Tensor], index: int) -> int:
 def dml(logits: Sequence[Tensor], index: int, temperature: float = 1.0) -> Tensor:
     """DML mimicry loss of peer ``index``: mean over peers l != index of T^2 * batch-mean KL(p_l || p_index).
 
-    Zhang et al., "Deep Mutual Learning" (CVPR 2018, arXiv:1706.00384); METHODS.md §11. The other peers'
+    Zhang et al., "Deep Mutual Learning" (CVPR 2018, arXiv:1706.00384); docs/methods.md#dml. The other peers'
     p_l are detached (each peer's optimizer updates only itself); CE is not included (total: CE + 1 * this,
     T = 1). The official TF code sums instead of averaging over peers (same for 2 peers). T^2 follows KD's
     convention and is 1 at the authors' T = 1.
@@ -554,7 +556,8 @@ def dml_ensemble(logits: Sequence[Tensor], index: int, temperature: float = 1.0)
 
     Its gradient w.r.t. ``logits[index]`` equals that of :func:`dml` (both are T (p_index - mean_l p_l) / B);
     the values are equal for 2 peers, while for more ``dml - dml_ensemble`` = T^2 * batch-mean of
-    H(mean_l p_l) - mean_l H(p_l) >= 0 (entropy is concave). Seed 002 (Čuk's thesis); METHODS.md §11.
+    H(mean_l p_l) - mean_l H(p_l) >= 0 (entropy is concave). From P. Čuk's MSc thesis
+    (github.com/PiaCuk/distillistic); docs/methods.md#dml_e.
     Other peers are detached.
     """
     k = _check_peers(logits, index)

@@ -5,8 +5,8 @@ similarities, attention graphs) rather than features themselves, so student and 
 differ (except where noted). All functions are stateless, take tensors first and hyperparameters as
 keywords with the authors' defaults, and compute in float32 (float64 stays float64) with autocast disabled.
 Teacher-side inputs are detached inside unless the docstring says otherwise (CC: the teacher-side embedding
-comes from a trainable head, see ``cc``). Equations and defaults: ``../shared/METHODS.md`` §8, §9, §17,
-§18, §22, §23; reductions matter for the outer weights (§27.5).
+comes from a trainable head, see ``cc``). Equations and defaults: docs/methods.md (#rkd, #sp, #pkt, #cc,
+#mhgd, #kdsvd); the reductions matter for the outer weights.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from kdlab.errors import KdlabError
 
 __all__ = [
     "rkd",
@@ -51,12 +49,12 @@ def _flat_pair(name: str, student: Tensor, teacher: Tensor) -> tuple[Tensor, Ten
     for side, t in (("student", student), ("teacher", teacher)):
         if not isinstance(t, Tensor) or t.dim() < 2:
             shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-            raise KdlabError(
+            raise ValueError(
                 f"{name}: {side} input must be a (B, ...) tensor, got {shape}; "
                 "pass batched embeddings or maps"
             )
     if student.shape[0] != teacher.shape[0]:
-        raise KdlabError(
+        raise ValueError(
             f"{name}: student batch {student.shape[0]} != teacher batch {teacher.shape[0]}; "
             "feed both networks the same batch"
         )
@@ -72,7 +70,7 @@ def _as_list(x: Tensor | Sequence[Tensor]) -> list[Tensor]:
 
 
 def _pairwise_distance(e: Tensor, eps: float) -> Tensor:
-    """Euclidean distances sqrt(clamp(|ei|²+|ej|²-2 ei·ej, eps)) with a zero diagonal (RKD, §8)."""
+    """Euclidean distances sqrt(clamp(|ei|²+|ej|²-2 ei·ej, eps)) with a zero diagonal (RKD, docs/methods.md#rkd)."""
     sq = (e * e).sum(dim=1)
     d2 = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2.0 * (e @ e.t())).clamp(min=eps)
     d = d2.sqrt()
@@ -96,7 +94,7 @@ def _angles(e: Tensor) -> Tensor:
 
 
 def rkd_distance(student_embedding: Tensor, teacher_embedding: Tensor, eps: float = 1e-12) -> Tensor:
-    """RKD distance term L_D (Park et al., CVPR 2019; METHODS.md §8).
+    """RKD distance term L_D (Park et al., CVPR 2019; docs/methods.md#rkd).
 
     Pairwise distances (squared distance clamped at ``eps``, zero diagonal) are normalised by the mean of
     their positive entries, then compared with smooth-L1 (δ = 1) averaged over all B² entries. Inputs
@@ -111,7 +109,7 @@ def rkd_distance(student_embedding: Tensor, teacher_embedding: Tensor, eps: floa
 
 
 def rkd_angle(student_embedding: Tensor, teacher_embedding: Tensor) -> Tensor:
-    """RKD angle term L_A (Park et al., CVPR 2019; METHODS.md §8).
+    """RKD angle term L_A (Park et al., CVPR 2019; docs/methods.md#rkd).
 
     Cosines of all B³ triangle angles (vertex first), smooth-L1 (δ = 1) averaged over B³ entries;
     triples with coinciding points contribute a cosine of 0. Costs O(B³ + B²D) memory. Unweighted;
@@ -132,7 +130,7 @@ def rkd(
     angle_weight: float = 50.0,
     eps: float = 1e-12,
 ) -> Tensor:
-    """Relational KD: ``distance_weight * L_D + angle_weight * L_A`` (METHODS.md §8).
+    """Relational KD: ``distance_weight * L_D + angle_weight * L_A`` (docs/methods.md#rkd).
 
     Defaults 25/50 are the CIFAR weights of RepDistiller and mdistiller (the metric-learning code uses 1/2);
     the default outer weight of the method is 1. Embeddings are used as given (not L2-normalised).
@@ -149,7 +147,7 @@ def rkd(
 
 
 def sp(student_features: Tensor | Sequence[Tensor], teacher_features: Tensor | Sequence[Tensor]) -> Tensor:
-    """Similarity-preserving KD (Tung & Mori, ICCV 2019; METHODS.md §9).
+    """Similarity-preserving KD (Tung & Mori, ICCV 2019; docs/methods.md#sp).
 
     Per layer: Q = map flattened to (B, CHW), G = QQᵀ with rows L2-normalised, loss ‖G̃_t − G̃_s‖_F² / B²;
     summed over layers. Channel and spatial sizes may differ between student and teacher. A single tensor
@@ -157,7 +155,7 @@ def sp(student_features: Tensor | Sequence[Tensor], teacher_features: Tensor | S
     """
     s_list, t_list = _as_list(student_features), _as_list(teacher_features)
     if len(s_list) != len(t_list) or not s_list:
-        raise KdlabError(
+        raise ValueError(
             f"sp: got {len(s_list)} student and {len(t_list)} teacher feature maps; "
             "pass matching, non-empty lists"
         )
@@ -178,7 +176,7 @@ def sp(student_features: Tensor | Sequence[Tensor], teacher_features: Tensor | S
 
 
 def _pkt_conditional(x: Tensor, eps: float) -> Tensor:
-    """Row-stochastic matrix from cosine similarities mapped to [0, 1], diagonal included (PKT, §22)."""
+    """Row-stochastic matrix from cosine similarities mapped to [0, 1], diagonal included (PKT, docs/methods.md#pkt)."""
     x = x / (x.norm(p=2, dim=1, keepdim=True) + eps)
     x = torch.nan_to_num(x, nan=0.0)
     sim = (x @ x.t() + 1.0) / 2.0
@@ -186,7 +184,7 @@ def _pkt_conditional(x: Tensor, eps: float) -> Tensor:
 
 
 def pkt(student_embedding: Tensor, teacher_embedding: Tensor, eps: float = 1e-7) -> Tensor:
-    """Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018; METHODS.md §22).
+    """Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018; docs/methods.md#pkt).
 
     Rows are L2-normalised (x / (‖x‖ + eps), NaN → 0), cosine matrices mapped by (S + 1) / 2 and
     row-normalised (diagonal included) into P (student) and Q (teacher); the loss is
@@ -205,7 +203,7 @@ def pkt(student_embedding: Tensor, teacher_embedding: Tensor, eps: float = 1e-7)
 
 
 def _rbf_correlation(e: Tensor, gamma: float, order: int) -> Tensor:
-    """Gaussian-RBF correlation via its order-P Taylor expansion on L2-normalised rows (CC, §23)."""
+    """Gaussian-RBF correlation via its order-P Taylor expansion on L2-normalised rows (CC, docs/methods.md#cc)."""
     e = F.normalize(e, p=2, dim=1)
     sim = e @ e.t()
     corr = torch.zeros_like(sim)
@@ -221,7 +219,7 @@ def cc(
     gamma: float = 0.4,
     order: int = 2,
 ) -> Tensor:
-    """Correlation congruence (Peng et al., ICCV 2019; METHODS.md §23).
+    """Correlation congruence (Peng et al., ICCV 2019; docs/methods.md#cc).
 
     Inputs are the 128-d outputs of the method's two *trainable* linear embeddings, so the teacher side is
     **not** detached here (RepDistiller trains both heads); pass ``teacher.detach()`` to freeze it.
@@ -238,16 +236,16 @@ def cc(
     Default outer weight: 0.02 in RepDistiller (its own variant); AberHu uses 100 for the paper variant.
     """
     if variant not in ("paper", "repdistiller"):
-        raise KdlabError(f"cc: unknown variant '{variant}'; use 'paper' or 'repdistiller'")
+        raise ValueError(f"cc: unknown variant '{variant}'; use 'paper' or 'repdistiller'")
     if order < 0:
-        raise KdlabError(f"cc: order must be >= 0, got {order}; use the default 2")
+        raise ValueError(f"cc: order must be >= 0, got {order}; use the default 2")
     s, _ = _flat_pair("cc", student_embedding, teacher_embedding)
-    t = teacher_embedding.flatten(1).to(s.dtype)  # not detached: the teacher head is trainable (§23)
+    t = teacher_embedding.flatten(1).to(s.dtype)  # not detached: the teacher head is trainable (docs/methods.md#cc)
     with _no_autocast(s):
         if variant == "paper":
             return (_rbf_correlation(s, gamma, order) - _rbf_correlation(t, gamma, order)).pow(2).mean()
         if s.shape[1] != t.shape[1]:
-            raise KdlabError(
+            raise ValueError(
                 f"cc(variant='repdistiller'): student dim {s.shape[1]} != teacher dim {t.shape[1]}; "
                 "embed both to the same size (128) or use variant='paper'"
             )
@@ -261,23 +259,23 @@ def cc(
 
 
 def mhgd(student_graphs: Tensor | Sequence[Tensor], teacher_graphs: Tensor | Sequence[Tensor]) -> Tensor:
-    """Multi-head graph distillation loss (Lee & Song, BMVC 2019; METHODS.md §18 step 4).
+    """Multi-head graph distillation loss (Lee & Song, BMVC 2019; docs/methods.md#mhgd).
 
     Each level holds attention graphs shaped (H, B, B) (a single tensor is one level). With
     p_s = softmax(tanh G_s) and p_t = softmax(tanh G_t) over the last axis, the loss is
     Σ_levels Σ_{h,i} KL(p_s ‖ p_t) = Σ p_s (log p_s − log p_t): **student distribution first**, as in the
     official TF code, and a sum (not a mean). Default outer weight 1 (the official code instead clips the
-    distillation gradient to the CE gradient's norm, §27.7).
+    distillation gradient to the CE gradient's norm).
     """
     s_list, t_list = _as_list(student_graphs), _as_list(teacher_graphs)
     if len(s_list) != len(t_list) or not s_list:
-        raise KdlabError(
+        raise ValueError(
             f"mhgd: got {len(s_list)} student and {len(t_list)} teacher graph levels; pass matching lists"
         )
     total = None
     for g_s, g_t in zip(s_list, t_list, strict=True):
         if g_s.shape != g_t.shape or g_s.dim() != 3:
-            raise KdlabError(
+            raise ValueError(
                 f"mhgd: graphs must both be (H, B, B), got student {tuple(g_s.shape)} and teacher "
                 f"{tuple(g_t.shape)}; apply the same attention heads to both networks"
             )
@@ -301,7 +299,7 @@ def _zero_nonfinite_grad(grad: Tensor | None) -> Tensor | None:
 
 
 def svd_compress(features: Tensor, k: int = 1, with_values: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-    """Per-sample top-``k`` right singular vectors of a feature map (KD-SVD / MHGD; METHODS.md §17, §18).
+    """Per-sample top-``k`` right singular vectors of a feature map (KD-SVD / MHGD; docs/methods.md#kdsvd, #mhgd).
 
     ``features`` is (B, C, H, W) (reshaped per sample to an HW × C matrix) or already (B, N, C). Returns
     (B, k, C) unit vectors over C, each with its sign fixed so its largest-|x| entry is positive (SVD signs
@@ -311,7 +309,7 @@ def svd_compress(features: Tensor, k: int = 1, with_values: bool = False) -> Ten
     (B, k) L2-normalised over k (KD-SVD step 4 scales the vectors by the teacher's).
     """
     if k < 1:
-        raise KdlabError(
+        raise ValueError(
             f"svd_compress: k must be >= 1, got {k}; use k=1 for the teacher, k+3 for the student"
         )
     if features.dim() == 4:
@@ -319,7 +317,7 @@ def svd_compress(features: Tensor, k: int = 1, with_values: bool = False) -> Ten
     elif features.dim() == 3:
         x = features
     else:
-        raise KdlabError(
+        raise ValueError(
             f"svd_compress: expected (B, C, H, W) or (B, N, C) features, got {tuple(features.shape)}; "
             "pass convolutional feature maps"
         )
@@ -345,7 +343,7 @@ def svd_compress(features: Tensor, k: int = 1, with_values: bool = False) -> Ten
 
 
 def align_singular_vectors(student_vecs: Tensor, teacher_vecs: Tensor) -> Tensor:
-    """Match each teacher singular vector with a student one (KD-SVD step 3; METHODS.md §17, §18).
+    """Match each teacher singular vector with a student one (KD-SVD step 2; docs/methods.md#kdsvd, #mhgd).
 
     ``student_vecs`` (B, m, C) (m = k + 3 by convention), ``teacher_vecs`` (B, k, C). For every teacher
     vector, picks the student vector with the largest |cosine| and flips its sign when the cosine is
@@ -353,17 +351,17 @@ def align_singular_vectors(student_vecs: Tensor, teacher_vecs: Tensor) -> Tensor
     Channels must match (the alignment is an inner product over C).
     """
     if student_vecs.dim() != 3 or teacher_vecs.dim() != 3:
-        raise KdlabError(
+        raise ValueError(
             f"align_singular_vectors: expected (B, m, C) and (B, k, C), got {tuple(student_vecs.shape)} and "
             f"{tuple(teacher_vecs.shape)}; pass svd_compress outputs"
         )
     if student_vecs.shape[0] != teacher_vecs.shape[0]:
-        raise KdlabError(
+        raise ValueError(
             f"align_singular_vectors: student batch {student_vecs.shape[0]} != teacher batch "
             f"{teacher_vecs.shape[0]}; feed both networks the same batch"
         )
     if student_vecs.shape[2] != teacher_vecs.shape[2]:
-        raise KdlabError(
+        raise ValueError(
             f"align_singular_vectors: student has {student_vecs.shape[2]} channels, teacher "
             f"{teacher_vecs.shape[2]}; KD-SVD/MHGD need equal channels per stage (add a 1x1 conv connector)"
         )

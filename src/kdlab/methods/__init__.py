@@ -1,20 +1,30 @@
 """Distillation methods: a registry of small nn.Modules (taps + connectors + a pure loss).
 
 `create("kd", temperature=4)` builds one method; `parse("kd+at", {"at": {"weight": 500}})` builds a
-combination. Adding a method = one module in this package that decorates its class with `@register`,
-plus its name in `METHOD_MODULES` below; nothing else changes.
+combination. Each method lives in its own module of this package, named after its registry name
+(`kd.py`, `dkd.py`, `fitnet.py`, ...); the registry imports every module of the package the first time it
+is asked for a method, so nothing lists them. Modules that hold shared building blocks (`base`, `stages`,
+`connectors`, `taps`, `crd_memory`, `catalog`) simply register nothing.
+
+Adding a method:
+1. its pure loss in `kdlab.losses` (tensors in, an unweighted scalar out, `ValueError` for misuse);
+2. one module `kdlab/methods/<name>.py` whose `Method` subclass is decorated with `@register`, sets `name`,
+   `paper` and `defaults`, and checks its hyperparameters in the constructor or `build` (one-line
+   `KdlabError`s for what a user can set);
+3. its test;
+4. the README's method table regenerated (`python -m kdlab.methods.catalog README.md`), and its section
+   `## <name>` in docs/methods.md.
+A method defined outside the package is used by name once its module is imported (`@register` runs then).
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Any
 
 from kdlab.errors import KdlabError, unknown_name
 from kdlab.methods.base import BuildContext, DistillBatch, Method
-
-# Modules that define methods; each registers its classes on import.
-METHOD_MODULES = ("logit", "srd", "feature", "reviewkd", "relation", "crd", "two_stage")
 
 _REGISTRY: dict[str, type[Method]] = {}
 _loaded = False
@@ -33,10 +43,16 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def method_modules() -> list[str]:
+    """Names of the modules of this package (those on its `__path__`), in import order."""
+    return sorted(info.name for info in pkgutil.iter_modules(__path__))
+
+
 def _load() -> None:
+    """Import every module of the package once, so that each `@register` has run."""
     global _loaded
     if not _loaded:
-        for module in METHOD_MODULES:
+        for module in method_modules():
             importlib.import_module(f"{__name__}.{module}")
         _loaded = True
 

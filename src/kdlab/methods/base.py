@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from kdlab.errors import KdlabError, closest
-from kdlab.methods.taps import LOGITS, stage_names
+from kdlab.methods.taps import LOGITS
 
 
 @dataclass
@@ -54,6 +54,8 @@ class Method(nn.Module):
     paper: ClassVar[str] = ""
     # Hyperparameters with the paper's / authors' defaults; 'weight' is the outer weight of the method.
     defaults: ClassVar[dict[str, Any]] = {"weight": 1.0}
+    # Hyperparameters that must be > 0 (temperatures, ...); checked with the others when the method is created.
+    positive: ClassVar[tuple[str, ...]] = ()
     ce_weight: ClassVar[float] = 1.0  # default cross-entropy weight when this method leads
     teacher_train_mode: ClassVar[bool] = False  # True where the authors run the teacher's BN in train mode
     uses_teacher_logits: ClassVar[bool] = True
@@ -63,6 +65,10 @@ class Method(nn.Module):
     # Two-stage methods (FitNet hints, FT paraphraser, AB, FSP) train `init_modules` on `init_forward`'s loss
     # for `--init-epochs` epochs before the main phase (no cross-entropy in that stage).
     has_init_stage: ClassVar[bool] = False
+    # Submodules (attribute names) that the init stage trains and the main phase freezes: no gradient, eval
+    # mode kept through `train()` (FT's paraphraser, MHGD's attention network). `DistillationLoss` does the
+    # freezing, for every teacher's copy of the method, so a method only names them.
+    frozen_in_main: ClassVar[tuple[str, ...]] = ()
     # KD-SVD and MHGD clip their gradient per parameter to ‖∇CE‖·sigmoid(epoch), epoch 0-indexed as in the
     # authors' code (github.com/sseung0703/KD_methods_with_TF, .../MHGD), so 0.5·‖∇CE‖ in the first epoch.
     clip_to_ce: ClassVar[bool] = False
@@ -94,6 +100,10 @@ class Method(nn.Module):
             if not ok:
                 raise KdlabError(f"method.{cls.name}.{key} must be like {default!r}, got {value!r}")
             values[key] = value
+        for key in cls.positive:
+            if not values[key] > 0:
+                raise KdlabError(f"method.{cls.name}.{key} must be > 0, got {values[key]!r}; "
+                                 f"use e.g. {cls.defaults[key]!r}")
         return values
 
     @property
@@ -115,7 +125,8 @@ class Method(nn.Module):
         return [student, self]
 
     def set_phase(self, phase: str) -> None:
-        """Called when the run switches between the 'init' and 'main' phases (e.g. to freeze init modules)."""
+        """Called when the run switches between the 'init' and 'main' phases; `frozen_in_main` modules are
+        frozen by `DistillationLoss`, so most methods need nothing here."""
 
     def init_forward(self, batch: DistillBatch) -> dict[str, torch.Tensor]:
         """Loss terms of the init stage (only called when `has_init_stage`)."""
@@ -128,30 +139,5 @@ class Method(nn.Module):
     def forward(self, batch: DistillBatch) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    @classmethod
-    def describe(cls) -> str:
-        return f"{cls.name}: {cls.paper}"
 
-
-def matched_stages(student_points: dict[str, str], teacher_points: dict[str, str], pre_teacher: bool = False,
-                   pre_student: bool = False) -> tuple[list[str], list[str]]:
-    """Pair the last N stages of student and teacher (N = the smaller stage count), deepest last.
-
-    Models of different depth (e.g. a 4-stage ResNet-18 and a 3-stage CIFAR ResNet) are aligned at their
-    deepest stages, where the semantics match best.
-    """
-    s = stage_names(student_points, pre_student)
-    t = stage_names(teacher_points, pre_teacher)
-    n = min(len(s), len(t))
-    if n == 0:
-        raise KdlabError("this method needs stage taps (stage1, stage2, ...); the model has none: name them "
-                         "with taps={'student': {'stage1': 'path', ...}, 'teacher': {...}}")
-    return s[len(s) - n:], t[len(t) - n:]
-
-
-def deepest_stage(points: dict[str, str], pre: bool = False) -> str:
-    """The last stage tap of a model (its final feature map)."""
-    return matched_stages(points, points, pre, pre)[0][-1]
-
-
-__all__ = ["deepest_stage", "Method", "BuildContext", "DistillBatch", "matched_stages", "LOGITS"]
+__all__ = ["Method", "BuildContext", "DistillBatch", "LOGITS"]

@@ -2,7 +2,7 @@
 
 Chosen from probed shapes so that feature methods work for any teacher/student pair: channels through a
 1x1 conv (+ BN, optionally ReLU), spatial size by adaptive average pooling (student larger) or bilinear
-interpolation (student smaller); flat embeddings through a linear layer.
+interpolation (student smaller).
 """
 
 from __future__ import annotations
@@ -25,18 +25,8 @@ def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def pool_to_smaller(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adaptive-average-pool the larger of two maps to the other's spatial size (METHODS.md §27.3)."""
-    ha, hb = a.shape[-2:], b.shape[-2:]
-    if ha == hb:
-        return a, b
-    if ha[0] * ha[1] > hb[0] * hb[1]:
-        return F.adaptive_avg_pool2d(a, hb), b
-    return a, F.adaptive_avg_pool2d(b, ha)
-
-
 def he_init_(conv: nn.Module) -> None:
-    """He-normal init with std sqrt(2 / (k² C_out)), as the OD/AB/SRD connectors (METHODS.md §10, §20)."""
+    """He-normal init with std sqrt(2 / (k² C_out)), as the OD/AB/SRD connectors (docs/methods.md#od, #ab, #srd)."""
     k = conv.kernel_size[0] * conv.kernel_size[1]
     conv.weight.data.normal_(0.0, math.sqrt(2.0 / (k * conv.out_channels)))
     if conv.bias is not None:
@@ -59,13 +49,3 @@ class ConvConnector(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return resize_to(self.relu(self.bn(self.conv(x))), self.out_size)
 
-
-class LinearConnector(nn.Module):
-    """Linear map between flat embeddings of different widths."""
-
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__()
-        self.linear = nn.Linear(in_features, out_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x.flatten(1))

@@ -1,4 +1,8 @@
-"""CRD: contrastive representation distillation with a memory of past embeddings (METHODS.md §21).
+"""CRD: Tian, Krishnan, Isola, "Contrastive Representation Distillation", ICLR 2020 (arXiv:1910.10699).
+
+Contrastive representation distillation with a memory of past embeddings, as the authors'
+github.com/HobbitLong/RepDistiller (`crd/criterion.py`, `crd/memory.py`). Loss, keys and defaults:
+docs/methods.md#crd.
 
 The pooled penultimate embeddings of both networks go through trainable linear heads and L2
 normalisation; `kdlab.methods.crd_memory.CRDMemory` holds the memories, samples the negatives and returns
@@ -17,15 +21,7 @@ from kdlab.errors import KdlabError
 from kdlab.methods import register
 from kdlab.methods.base import BuildContext, DistillBatch, Method
 from kdlab.methods.crd_memory import CRDMemory
-
-
-def _width(shape: Any, where: str) -> int:
-    width = 1
-    for v in shape:
-        width *= int(v)
-    if width <= 0:
-        raise KdlabError(f"{where} has shape {tuple(shape)}, which holds no features; tap the pooled embedding")
-    return width
+from kdlab.methods.stages import flat_width
 
 
 class Embed(nn.Module):
@@ -41,7 +37,7 @@ class Embed(nn.Module):
 
 @register
 class CRD(Method):
-    """Contrastive representation distillation (Tian, Krishnan, Isola, ICLR 2020; METHODS.md §21).
+    """Contrastive representation distillation (Tian, Krishnan, Isola, ICLR 2020).
 
     s = normalize(W_s f_s), t = normalize(W_t f_t) (128-d, both heads trainable; the teacher head gets
     gradient from the teacher-anchor term). Loss = NCE(student anchor vs teacher memory) + NCE(teacher
@@ -73,11 +69,15 @@ class CRD(Method):
                 raise KdlabError(f"method.crd.{key} must be >= 1, got {self.hp[key]}; use {self.defaults[key]}")
         if self.hp["queue_size"] < 0:
             raise KdlabError(f"method.crd.queue_size must be >= 0 (0 = num_negatives), got {self.hp['queue_size']}")
+        if self.hp["temperature"] <= 0:
+            raise KdlabError(f"method.crd.temperature must be > 0, got {self.hp['temperature']}; use 0.07")
+        if not 0 <= self.hp["momentum"] < 1:
+            raise KdlabError(f"method.crd.momentum must be in [0, 1), got {self.hp['momentum']}; use 0.5")
 
     def build(self, ctx: BuildContext) -> None:
         dim = self.hp["feat_dim"]
-        self.embed_student = Embed(_width(ctx.student_shapes["embedding"], "student embedding"), dim)
-        self.embed_teacher = Embed(_width(ctx.teacher_shapes["embedding"], "teacher embedding"), dim)
+        self.embed_student = Embed(flat_width(ctx.student_shapes["embedding"], "student embedding"), dim)
+        self.embed_teacher = Embed(flat_width(ctx.teacher_shapes["embedding"], "teacher embedding"), dim)
         bank = self.hp["mode"] == "bank"
         targets = ctx.train_targets
         if targets is None and bank:

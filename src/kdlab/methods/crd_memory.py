@@ -1,4 +1,4 @@
-"""Stateful contrast memory for CRD (Tian et al., ICLR 2020; METHODS.md §21).
+"""Stateful contrast memory for CRD (Tian et al., ICLR 2020; docs/methods.md#crd).
 
 ``CRDMemory`` holds what the stateless losses in ``kdlab.losses.contrastive`` cannot: the student/teacher
 memories, the negative sampler, and the normalisation constants Z_s, Z_t fixed on the first call.
@@ -32,7 +32,7 @@ __all__ = ["CRDMemory"]
 
 
 class CRDMemory(nn.Module):
-    """CRD memory + NCE loss for both anchor directions (METHODS.md §21).
+    """CRD memory + NCE loss for both anchor directions (docs/methods.md#crd).
 
     All arguments are keyword-only. Defaults are RepDistiller's (K 16384, τ 0.07, m 0.5, dim 128).
     ``n_data`` is the size of the (full) training set that ``indices`` point into; it sets P_n = 1/N and
@@ -57,18 +57,10 @@ class CRDMemory(nn.Module):
         eps: float = 1e-7,
     ) -> None:
         super().__init__()
-        if mode not in ("bank", "queue"):
-            raise KdlabError(f"CRDMemory: unknown mode '{mode}'; use 'bank' or 'queue'")
-        if n_data < 1 or feature_dim < 1 or num_negatives < 1:
-            raise KdlabError(
-                f"CRDMemory: n_data={n_data}, feature_dim={feature_dim}, num_negatives={num_negatives} "
-                "must all be >= 1; pass the training-set size and positive sizes"
-            )
-        if temperature <= 0 or not 0.0 <= momentum < 1.0:
-            raise KdlabError(
-                f"CRDMemory: need temperature > 0 and 0 <= momentum < 1, got {temperature} and {momentum}; "
-                "use the defaults 0.07 and 0.5"
-            )
+        # mode, feature_dim, num_negatives, temperature, momentum and queue_size come checked from the method's
+        # hyperparameters (kdlab.methods.crd.CRD); what only the data decides is checked here.
+        if n_data < 1:
+            raise KdlabError(f"CRDMemory: n_data={n_data} must be >= 1; pass the training-set size")
         self.n_data = int(n_data)
         self.feature_dim = int(feature_dim)
         self.num_negatives = int(num_negatives)
@@ -102,8 +94,6 @@ class CRDMemory(nn.Module):
             self._build_class_index(targets)
         else:
             self.queue_size = int(queue_size if queue_size is not None else num_negatives)
-            if self.queue_size < 1:
-                raise KdlabError(f"CRDMemory: queue_size must be >= 1, got {queue_size}; use num_negatives")
             self.register_buffer("queue_s", self._uniform(self.queue_size, stdv))
             self.register_buffer("queue_t", self._uniform(self.queue_size, stdv))
             self.register_buffer("queue_labels", torch.full((self.queue_size,), -1, dtype=torch.long))

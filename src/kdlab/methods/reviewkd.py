@@ -1,8 +1,10 @@
-"""ReviewKD: attention-based fusion (ABF) of student features, deepest first, matched to teacher features
-by the hierarchical context loss (METHODS.md §25).
+"""ReviewKD: Chen, Liu, Zhao, Jia, "Distilling Knowledge via Knowledge Review", CVPR 2021 (arXiv:2104.09044).
 
-The official code and mdistiller write the channel and shape lists per architecture pair; here they are
-derived from the probed tap shapes, so any pair works.
+Attention-based fusion (ABF) of student features, deepest first, matched to teacher features by the
+hierarchical context loss, as the authors' github.com/dvlab-research/ReviewKD (`CIFAR-100/model/reviewkd.py`,
+`CIFAR-100/train.py`) and github.com/megvii-research/mdistiller (`mdistiller/distillers/ReviewKD.py`). Those
+write the channel and shape lists per architecture pair; here they are derived from the probed tap shapes, so
+any pair works. Loss, keys and defaults: docs/methods.md#reviewkd.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from torch import nn
 from kdlab import losses
 from kdlab.errors import KdlabError
 from kdlab.methods import register
-from kdlab.methods.base import BuildContext, DistillBatch, Method, matched_stages
+from kdlab.methods.base import BuildContext, DistillBatch, Method
+from kdlab.methods.stages import matched_stages
 
 EMBEDDING = "embedding"
 
@@ -67,7 +70,7 @@ class ABF(nn.Module):
 
 @register
 class ReviewKD(Method):
-    """ReviewKD (METHODS.md §25): HCL(ABF chain(student f1..fN, f_emb), teacher f1_pre..fN_pre, f_emb).
+    """ReviewKD: HCL(ABF chain(student f1..fN, f_emb), teacher f1_pre..fN_pre, f_emb).
 
     Student: matched post-ReLU stages plus the pooled embedding as a 1x1 map; teacher: matched pre-ReLU
     stages plus its embedding. One ABF per level, C_mid = min(`max_mid_channels`, C of the student

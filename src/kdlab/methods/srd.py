@@ -1,10 +1,12 @@
-"""SRD (softmax regression representation learning) and SRDwithDIST, SRD with DIST's correlation loss.
+"""SRD: Yang, Martinez, Bulat, Tzimiropoulos, "Knowledge Distillation via Softmax Regression Representation
+Learning", ICLR 2021 (called SRD in arXiv:2205.06701).
 
 The student's last feature map goes through a connector (1x1 conv + BN + ReLU to the teacher's embedding
 width), is pooled, matched to the teacher's pooled feature (L_FM), and passed through the teacher's frozen
-classifier; those cross-network logits are matched to the teacher's logits (L_SR, MSE or DIST).
-METHODS.md §20: the teacher classifier stays in the autograd graph (gradients reach the student through
-it) but is never optimised.
+classifier; those cross-network logits are matched to the teacher's logits (L_SR). The teacher classifier
+stays in the autograd graph (gradients reach the student through it) but is never optimised. As the
+authors' github.com/jingyang2017/SRD_ossl (`distiller_zoo/AIN.py`, `train_student.py`). Loss, keys and
+defaults: docs/methods.md#srd.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from torch import nn
 from kdlab import losses
 from kdlab.errors import KdlabError
 from kdlab.methods import register
-from kdlab.methods.base import BuildContext, DistillBatch, Method, deepest_stage
+from kdlab.methods.base import BuildContext, DistillBatch, Method
 from kdlab.methods.connectors import ConvConnector
+from kdlab.methods.stages import deepest_stage, shape3
 
 
 @register
@@ -34,8 +37,12 @@ class SRD(Method):
 
     def build(self, ctx: BuildContext) -> None:
         s_tap = deepest_stage(ctx.student_points)
-        s_shape = ctx.student_shapes[s_tap]
-        t_dim = int(ctx.teacher_shapes["embedding"][0])
+        s_shape = shape3(ctx.student_shapes[s_tap], f"student tap {s_tap}")
+        t_shape = tuple(ctx.teacher_shapes["embedding"])
+        if len(t_shape) not in (1, 3):
+            raise KdlabError(f"{self.name}: the teacher's embedding tap has shape {t_shape}; it needs a pooled (C,) "
+                             f"embedding or a (C, H, W) map")
+        t_dim = int(t_shape[0])
         self.student_tap = s_tap
         self.connector = ConvConnector(s_shape, (t_dim, *s_shape[1:]), relu=True)
         classifier = ctx.teacher.get_submodule(ctx.teacher_points["classifier"])
@@ -56,35 +63,4 @@ class SRD(Method):
         return {"srd_fm": self.hp["feature_weight"] * fm, "srd_sr": sr}
 
 
-@register
-class SRDWithDIST(SRD):
-    """SRD with the softmax-regression MSE replaced by DIST's Pearson terms ('SRDwithDIST').
-
-    As its authors define it (github.com/chitraz/KnowledgeDistillationForModelCompression, ``DISTV2``:
-    "do not do softmax"), the inter- and intra-class Pearson terms compare the raw cross-network logits
-    with the raw teacher logits (no temperature, no tau^2). `softmax=true` applies DIST as published
-    instead (softmax(z / temperature), tau^2 inside); `temperature` is used only then.
-    """
-
-    name = "srd_dist"
-    paper = ("SRDwithDIST: SRD (Yang et al. ICLR 2021) with DIST's Pearson terms (Huang et al. NeurIPS 2022) "
-             "on raw logits (github.com/chitraz/KnowledgeDistillationForModelCompression, MSc 2024)")
-    defaults = {"weight": 1.0, "feature_weight": 1.0, "beta": 1.0, "gamma": 1.0, "softmax": False,
-                "temperature": 1.0}
-
-    @classmethod
-    def check_hparams(cls, hparams):
-        values = super().check_hparams(hparams)
-        if not values["softmax"] and values["temperature"] != 1.0:
-            raise KdlabError(f"method.srd_dist.temperature={values['temperature']} is used only on softmax "
-                             "outputs; add method.srd_dist.softmax=true, or drop the temperature (the authors' "
-                             "SRDwithDIST uses raw logits)")
-        return values
-
-    def forward(self, batch: DistillBatch) -> dict[str, torch.Tensor]:
-        pooled = self.transformed(batch)
-        loss = losses.srd_dist(pooled, batch.teacher["embedding"], self.cross_logits(pooled), batch.teacher_logits,
-                               feature_weight=self.hp["feature_weight"], beta=self.hp["beta"],
-                               gamma=self.hp["gamma"], temperature=self.hp["temperature"],
-                               softmax=self.hp["softmax"])
-        return {"srd_dist": loss}
+__all__ = ["SRD"]

@@ -10,6 +10,7 @@ teacher does no work beyond what the method reads.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,6 +84,12 @@ class TapRecorder:
     Usage: `with TapRecorder(model, {"stage3": "layer3"}) as rec: logits = rec.run(x)`; then
     `rec.outputs["stage3"]`. With `stop_early=True` the forward is cut short once all taps fired and
     `run` returns None (use only when the logits are not needed).
+
+    Attributes (read-only for callers):
+        model: the model the hooks sit on.
+        taps: {tap name: module path} recorded.
+        stop_early: whether `run` cuts the forward after the last tap (False when there are no taps).
+        outputs: {tap name: tensor} of the latest `run`.
     """
 
     def __init__(self, model: nn.Module, taps: Mapping[str, str], stop_early: bool = False):
@@ -98,6 +105,15 @@ class TapRecorder:
         for path, names in by_path.items():
             module = model.get_submodule(path)
             self._handles.append(module.register_forward_hook(self._hook(names)))
+
+    @property
+    def signature(self) -> dict[str, Any]:
+        """{'taps': {name: module path}, 'stop_early': bool}: what `run` records besides the model and its input.
+
+        Two recorders on the same model with equal signatures produce the same outputs for the same input,
+        so caches of recorded outputs (kdlab.distillation.teacher_cache) key on it. A fresh dict each call.
+        """
+        return {"taps": dict(self.taps), "stop_early": self.stop_early}
 
     def _hook(self, names: list[str]):
         def hook(_module, _inputs, output):

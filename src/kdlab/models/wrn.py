@@ -6,10 +6,11 @@ BN-ReLU, global average pooling and a linear classifier; 1x1 projection shortcut
 activated input where shape changes. Same layout as the CRD benchmark's ``models/wrn.py``
 (Tian et al., ICLR 2020; HobbitLong/RepDistiller), whose dropout default of 0 is kept.
 
-Tap points follow the pre-activation convention (METHODS.md section 1.1): ``stageK`` is the raw residual
-stream leaving group K (no BN/ReLU applied); ``stageK_pre`` is that tensor after the BN which precedes
-the next ReLU (the first BN of group K+1, or the final BN for the last group). That BN output passes
-through a :class:`HookPoint` named ``preact``; the network computes exactly what it did without it.
+Tap points follow the pre-activation convention of the CRD benchmark's WRN (docs/methods.md, "Taps and
+notation"): ``stageK`` is the raw residual stream leaving group K (no BN/ReLU applied); ``stageK_pre`` is
+that tensor after the BN which precedes the next ReLU (the first BN of group K+1, or the final BN for the
+last group). That BN output passes through a :class:`HookPoint` named ``preact``; the network computes
+exactly what it did without it.
 """
 
 from __future__ import annotations

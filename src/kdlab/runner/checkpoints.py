@@ -12,10 +12,7 @@ from kdlab import models
 from kdlab.config import Config
 from kdlab.engine import checkpoint as ckpt
 from kdlab.errors import KdlabError
-from kdlab.runner.common import (
-    DownscaledInput,
-    InputView,
-)
+from kdlab.runner.common import DownscaledInput, InputView
 
 
 def load_trained_model(path: str | Path, info=None, role: str = "teacher") -> tuple[nn.Module, dict[str, Any]]:

@@ -17,7 +17,7 @@ from kdlab import models
 from kdlab.config import Config, dump
 from kdlab.data.augment import resize
 from kdlab.engine import checkpoint as ckpt
-from kdlab.engine.distributed import Context
+from kdlab.engine.distributed import Context, on_main
 from kdlab.engine.objectives import StepOutput, SupervisedObjective
 from kdlab.engine.precision import pick_device, precision_warning
 from kdlab.engine.trainer import Trainer
@@ -156,8 +156,11 @@ def refuse_compile(config: Config, command: str) -> None:
 
 
 
-def _fit(trainer: Trainer, config: Config, run_dir: Path, resume: bool) -> dict[str, Any]:
-    if resume:
+def fit(trainer: Trainer, config: Config, run_dir: Path, resume: bool) -> dict[str, Any]:
+    """Fit `trainer` in `run_dir`: with `resume`, continue from its last.pt if there is one (saying so when the
+    run has no epochs left); write config.yaml (rank 0); train. Returns the summary with `run_dir` added.
+    Every runner and `kdlab.distill` on the user's own objects end here."""
+    if resume and on_main(trainer.dist, (run_dir / "last.pt").exists):  # rank 0 decides for all
         trainer.resume()
         if trainer.start_epoch > trainer.epochs and trainer.is_main:
             print(f"kdlab: the run in '{run_dir}' finished all {trainer.epochs} epochs; nothing to train (pass "

@@ -9,25 +9,15 @@ from typing import Any
 
 from kdlab import models
 from kdlab.config import Config
-from kdlab.distillation.loss import DistillationLoss, mix_weights
+from kdlab.distillation.loss import DistillationLoss
 from kdlab.distillation.teacher_cache import attach_teacher_cache
 from kdlab.engine.distributed import Context, convert_sync_bn, current, on_main, process_group
 from kdlab.engine.rundir import prepare_run_dir
 from kdlab.engine.trainer import Trainer
 from kdlab.errors import KdlabError
 from kdlab.methods import parse
-from kdlab.runner.checkpoints import (
-    load_teachers,
-)
-from kdlab.runner.common import (
-    _fit,
-    arch_of,
-    build_data,
-    prepare_model,
-    refuse_compile,
-    setup_runtime,
-    student_view,
-)
+from kdlab.runner.checkpoints import load_teachers
+from kdlab.runner.common import arch_of, build_data, fit, prepare_model, refuse_compile, setup_runtime, student_view
 
 
 @process_group  # under torchrun: joins the process group for the run (docs/distributed.md)
@@ -37,8 +27,6 @@ def run_distill(config: Config, resume: bool = False, quiet: bool = False) -> di
         raise KdlabError("no method given; pass --method NAME (see 'kdlab list methods')")
     refuse_compile(config, "kdlab distill")
     parse(config.method, config.methods)  # validate names and hyperparameters before loading anything
-    if config.teacher_mix is not None:
-        mix_weights(config.teacher_mix, len(config.teachers) + bool(config.teacher_model))
     dist = current()
     device = setup_runtime(config, dist)
     train_loader, test_loader, info = build_data(config, device, dist)
@@ -65,7 +53,7 @@ def run_distill(config: Config, resume: bool = False, quiet: bool = False) -> di
     run_init_stage(config, objective, train_loader, test_loader, run_dir, arch, device, resume, quiet, dist)
     trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch, device, eval_transform=view,
                       distributed=dist, quiet=quiet)
-    return _fit(trainer, config, run_dir, resume and on_main(dist, (run_dir / "last.pt").exists))
+    return fit(trainer, config, run_dir, resume)
 
 
 def init_epochs(config: Config) -> int:

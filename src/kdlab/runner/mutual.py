@@ -12,7 +12,7 @@ from kdlab.engine.distributed import convert_sync_bn, current, on_main, process_
 from kdlab.engine.rundir import prepare_run_dir
 from kdlab.engine.trainer import Trainer
 from kdlab.errors import KdlabError
-from kdlab.runner.common import _fit, arch_of, build_data, prepare_model, refuse_compile, setup_runtime
+from kdlab.runner.common import arch_of, build_data, fit, prepare_model, refuse_compile, setup_runtime
 
 
 @process_group  # under torchrun: joins the process group for the run (docs/distributed.md)
@@ -35,7 +35,7 @@ def run_mutual(config: Config, model_names: list[str], variant: str = "dml", res
     arch = {**arch_of(model_names[0], info), "cohort": model_names, "variant": variant}
     trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch, device, distributed=dist,
                       quiet=quiet)
-    summary = _fit(trainer, config, run_dir, resume and on_main(dist, (run_dir / "last.pt").exists))
+    summary = fit(trainer, config, run_dir, resume)
     last = summary["last"]
     summary["students"] = {n: {k[len(f"test_{n}_"):]: v for k, v in last.items() if k.startswith(f"test_{n}_")}
                            for n in [*names, "ensemble"]}

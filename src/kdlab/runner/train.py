@@ -12,9 +12,9 @@ from kdlab.engine.rundir import prepare_run_dir
 from kdlab.engine.trainer import Trainer
 from kdlab.runner.common import (
     LowResolutionObjective,
-    _fit,
     arch_of,
     build_data,
+    fit,
     maybe_compile,
     prepare_model,
     setup_runtime,
@@ -37,4 +37,4 @@ def run_train(config: Config, resume: bool = False, quiet: bool = False) -> dict
                  else LowResolutionObjective(maybe_compile(model, config), view))
     trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch_of(config.model, info, view),
                       device, eval_transform=view, distributed=dist, quiet=quiet)
-    return _fit(trainer, config, run_dir, resume and on_main(dist, (run_dir / "last.pt").exists))
+    return fit(trainer, config, run_dir, resume)
