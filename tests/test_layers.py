@@ -1,6 +1,6 @@
 """The package's layers: imports point down only (docs/architecture.md), checked on the source text.
 
-Layer by layer, from the bottom: errors and config; pure building blocks (losses, models, data); the engine
+Layer by layer, from the bottom: errors; pure building blocks (losses, models, data); config; the engine
 (training loop, evaluation, checkpoints, run directory); methods; distillation objectives; runners;
 experiment tooling; the command line and the Python API. A module may import its own layer and the ones
 below. Imports inside functions are kept for optional or heavy dependencies only.
@@ -11,8 +11,9 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "kdlab"
 LAYERS = [
-    ("kdlab", "kdlab.errors", "kdlab.config"),  # `kdlab` itself: only its __version__
+    ("kdlab", "kdlab.errors"),  # `kdlab` itself: only its __version__
     ("kdlab.losses", "kdlab.models", "kdlab.data"),
+    ("kdlab.config",),  # lays a run's settings over its dataset's recipe (kdlab.data)
     ("kdlab.engine",),
     ("kdlab.methods",),
     ("kdlab.distillation",),

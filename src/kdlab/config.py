@@ -1,7 +1,8 @@
 """Typed run configuration: dataclasses, YAML load/dump, dotted `key=value` overrides, recipes.
 
 A run's config is built in layers, each overriding the one before:
-defaults → data recipe (CIFAR, MNIST, ...) → YAML file (`--config`) → command-line flags → `key=value`.
+defaults → the dataset's recipe (`kdlab.data.recipe`: CIFAR, MNIST, ...) → YAML file (`--config`) →
+command-line flags → `key=value`.
 Every key is validated: an unknown one is an error naming the closest valid key.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from kdlab.data import recipe as data_recipe
 from kdlab.errors import KdlabError, closest
 
 
@@ -117,31 +119,6 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: builds plain values only
 
 
-def recipe(data_name: str, model_name: str) -> dict[str, Any]:
-    """Standard training recipe for a dataset (and model), as a nested dict of config values.
-
-    CIFAR follows the CRD/RepDistiller protocol (github.com/HobbitLong/RepDistiller `train_student.py`): 240
-    epochs, SGD 0.9, lr 0.05 (0.01 for MobileNetV2/ShuffleNet), ×0.1 at 150/180/210, batch 64, weight decay
-    5e-4. ImageNet follows
-    torchvision/mdistiller: 100 epochs, lr 0.1, ×0.1 at 30/60/90, batch 256, weight decay 1e-4.
-    """
-    light_model = any(key in model_name for key in ("mobilenet", "shufflenet"))
-    if data_name in ("cifar10", "cifar100"):
-        return {"optim": {"epochs": 240, "lr": 0.01 if light_model else 0.05, "schedule": "step",
-                          "milestones": [150, 180, 210], "gamma": 0.1, "weight_decay": 5e-4},
-                "data": {"batch_size": 64}}
-    if data_name in ("imagenet", "imagefolder"):
-        return {"optim": {"epochs": 100, "lr": 0.1, "schedule": "step", "milestones": [30, 60, 90],
-                          "gamma": 0.1, "weight_decay": 1e-4},
-                "data": {"batch_size": 256, "image_size": 224}}
-    if data_name in ("mnist", "fashion-mnist"):
-        return {"optim": {"epochs": 20, "lr": 0.05, "schedule": "cosine", "weight_decay": 5e-4},
-                "data": {"batch_size": 128}}
-    # digits: the embedded quick-run default
-    return {"optim": {"epochs": 30, "lr": 0.05, "schedule": "cosine", "weight_decay": 5e-4},
-            "data": {"batch_size": 64}}
-
-
 def parse_value(text: str) -> Any:
     """A `key=value` value: YAML scalars/lists ("0.1", "true", "[1,2]", "null"), else the raw string."""
     try:
@@ -208,7 +185,7 @@ def build(layers: list[dict[str, Any]]) -> Config:
     data = merged.get("data")
     data_name = str(data.get("name", DataConfig.name)) if isinstance(data, dict) else DataConfig.name
     model_name = str(merged.get("model", Config.model))
-    merged = merge(recipe(data_name, model_name), merged)
+    merged = merge(data_recipe(data_name, model_name), merged)
     config = from_dict(Config, merged, "")
     validate(config)
     return config

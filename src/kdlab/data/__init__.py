@@ -1,5 +1,9 @@
 """Datasets for kdlab: one registry, ``load`` for a split and ``build_loaders`` for train/test batches.
 
+Each registry entry owns what is specific to its dataset: shape, classes, loader and the standard training
+recipe (``recipe(name, model)``), which kdlab.config lays under a run's own settings. Adding a dataset is
+one loader and one ``_Entry`` (docs/architecture.md, "Adding a dataset").
+
 Batches are ``(images float32 normalised N,C,H,W, targets int64 N, indices int64 N)`` where ``indices``
 are positions in the full (unfractioned) training split, used by CRD and teacher caching.
 """
@@ -10,6 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kdlab.data.augment import normalize, random_crop, random_flip, resize
 from kdlab.data.cifar import load_cifar10, load_cifar100
@@ -23,8 +28,42 @@ from kdlab.errors import KdlabError, unknown_name
 __all__ = [
     "DataInfo", "FolderLoader", "InMemoryDataset", "IndexedImageFolder", "TensorLoader", "build_loaders",
     "data_root", "dataset_info", "list_datasets", "load", "normalize", "random_crop", "random_flip",
-    "read_idx", "resize", "stratified_subset",
+    "read_idx", "recipe", "resize", "stratified_subset",
 ]
+
+Recipe = Callable[[str], dict[str, Any]]  # model name -> config values ({"optim": {...}, "data": {...}})
+
+
+def _light(model: str) -> bool:
+    return any(key in model for key in ("mobilenet", "shufflenet"))
+
+
+def _cifar_recipe(model: str) -> dict[str, Any]:
+    """The CRD/RepDistiller protocol (github.com/HobbitLong/RepDistiller `train_student.py`): 240 epochs, SGD
+    0.9, lr 0.05 (0.01 for MobileNetV2/ShuffleNet students), x0.1 at 150/180/210, batch 64, weight decay 5e-4."""
+    return {"optim": {"epochs": 240, "lr": 0.01 if _light(model) else 0.05, "schedule": "step",
+                      "milestones": [150, 180, 210], "gamma": 0.1, "weight_decay": 5e-4},
+            "data": {"batch_size": 64}}
+
+
+def _imagenet_recipe(model: str) -> dict[str, Any]:
+    """torchvision's ResNet recipe, as mdistiller's ImageNet configs use it: 100 epochs, lr 0.1, x0.1 at
+    30/60/90, batch 256, weight decay 1e-4, 224 px."""
+    return {"optim": {"epochs": 100, "lr": 0.1, "schedule": "step", "milestones": [30, 60, 90],
+                      "gamma": 0.1, "weight_decay": 1e-4},
+            "data": {"batch_size": 256, "image_size": 224}}
+
+
+def _mnist_recipe(model: str) -> dict[str, Any]:
+    """A short cosine schedule for the 28x28 grey datasets (kdlab's choice; no standard KD recipe exists)."""
+    return {"optim": {"epochs": 20, "lr": 0.05, "schedule": "cosine", "weight_decay": 5e-4},
+            "data": {"batch_size": 128}}
+
+
+def _digits_recipe(model: str) -> dict[str, Any]:
+    """The embedded quick-run default (kdlab's choice): 30 cosine epochs."""
+    return {"optim": {"epochs": 30, "lr": 0.05, "schedule": "cosine", "weight_decay": 5e-4},
+            "data": {"batch_size": 64}}
 
 
 @dataclass(frozen=True)
@@ -34,23 +73,26 @@ class _Entry:
     image_size: int
     description: str
     load_split: Callable[..., InMemoryDataset] | None  # None: ImageFolder-based
+    recipe: Recipe  # the standard training recipe on this dataset
 
 
 _REGISTRY: dict[str, _Entry] = {
     "cifar10": _Entry(10, 3, 32, "CIFAR-10: 50k/10k 32x32 RGB, 10 classes (cifar-10-batches-py/)",
-                      lambda root, train, coarse: load_cifar10(root, train)),
+                      lambda root, train, coarse: load_cifar10(root, train), _cifar_recipe),
     "cifar100": _Entry(100, 3, 32, "CIFAR-100: 50k/10k 32x32 RGB, 100 fine or 20 coarse classes "
-                       "(cifar-100-python/)", lambda root, train, coarse: load_cifar100(root, train, coarse)),
+                       "(cifar-100-python/)", lambda root, train, coarse: load_cifar100(root, train, coarse),
+                       _cifar_recipe),
     "mnist": _Entry(10, 1, 28, "MNIST: 60k/10k 28x28 grey digits (MNIST/raw IDX files)",
-                    lambda root, train, coarse: load_mnist(root, train)),
+                    lambda root, train, coarse: load_mnist(root, train), _mnist_recipe),
     "fashion-mnist": _Entry(10, 1, 28, "Fashion-MNIST: 60k/10k 28x28 grey clothing (FashionMNIST/raw IDX "
                             "files or Debian's dataset-fashion-mnist)",
-                            lambda root, train, coarse: load_fashion_mnist(root, train)),
+                            lambda root, train, coarse: load_fashion_mnist(root, train), _mnist_recipe),
     "digits": _Entry(10, 1, 8, "scikit-learn digits: 1,347/450 8x8 grey, bundled, no download",
-                     lambda root, train, coarse: load_digits(train)),
+                     lambda root, train, coarse: load_digits(train), _digits_recipe),
     "imagenet": _Entry(1000, 3, 224, "ImageNet (ILSVRC-2012) class folders <data-root>/imagenet/{train,val}",
-                       None),
-    "imagefolder": _Entry(None, 3, 224, "any class-folder tree <data-root>/{train,val}/<class>/<image>", None),
+                       None, _imagenet_recipe),
+    "imagefolder": _Entry(None, 3, 224, "any class-folder tree <data-root>/{train,val}/<class>/<image>", None,
+                          _imagenet_recipe),
 }
 
 
@@ -71,6 +113,12 @@ class DataInfo:
 def list_datasets() -> list[str]:
     """Registered dataset names, sorted."""
     return sorted(_REGISTRY)
+
+
+def recipe(name: str, model: str) -> dict[str, Any]:
+    """The standard training recipe of dataset `name` for `model`, as nested config values ({} for an unknown
+    name, so that config validation reports it)."""
+    return _REGISTRY[name].recipe(model) if name in _REGISTRY else {}
 
 
 def _entry(name: str) -> _Entry:

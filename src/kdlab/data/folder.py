@@ -6,7 +6,6 @@ same ``(images, targets, indices)`` form and the same (seed, epoch) ordering as 
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -17,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kdlab.data.fractions import stratified_subset
-from kdlab.data.memory import epoch_generator, shard_positions, shard_size
+from kdlab.data.memory import ShardedLoader, epoch_generator
 from kdlab.errors import KdlabError
 
 __all__ = ["IndexedImageFolder", "FolderLoader", "IMAGENET_MEAN", "IMAGENET_STD", "train_transform",
@@ -208,7 +207,7 @@ class IndexedImageFolder(Dataset):
         return image, int(target), index
 
 
-class FolderLoader:
+class FolderLoader(ShardedLoader):
     """Per-sample DataLoader over an :class:`IndexedImageFolder` with the TensorLoader's interface.
 
     Order comes from (seed, epoch) like TensorLoader; the worker seeds come from a generator seeded by
@@ -230,42 +229,11 @@ class FolderLoader:
         workers: int = 2,
         pad_shards: bool = True,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise KdlabError(f"batch size must be a positive integer, got {batch_size!r}")
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise KdlabError(f"rank {rank} is not in 0..{num_replicas - 1} (num_replicas={num_replicas})")
         if workers < 0:
             raise KdlabError(f"workers must be >= 0, got {workers}")
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.seed = int(seed)
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.device = torch.device(device)
-        self.channels_last = channels_last
+        super().__init__(dataset, batch_size, shuffle, drop_last, seed, num_replicas, rank, device, channels_last,
+                         pad_shards)
         self.workers = workers
-        self.pad_shards = pad_shards
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order (and worker seeds) the next iteration uses."""
-        self.epoch = int(epoch)
-
-    def positions(self) -> torch.Tensor:
-        return shard_positions(len(self.dataset), self.shuffle, self.seed, self.epoch,
-                               self.num_replicas, self.rank, self.pad_shards)
-
-    @property
-    def num_samples(self) -> int:
-        """Samples this rank visits per epoch (before dropping a last partial batch)."""
-        return shard_size(len(self.dataset), self.num_replicas, self.rank, self.pad_shards)
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         pin = self.device.type == "cuda"

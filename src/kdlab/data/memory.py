@@ -7,7 +7,7 @@ moving it to the device and augmenting it there is far cheaper than a per-sample
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -120,6 +120,14 @@ def shard_positions(
     return order
 
 
+def check_batching(batch_size: object, num_replicas: int, rank: int) -> None:
+    """One-line errors for a batch size or a rank that a loader cannot use."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise KdlabError(f"batch size must be a positive integer, got {batch_size!r}")
+    if num_replicas < 1 or not 0 <= rank < num_replicas:
+        raise KdlabError(f"rank {rank} is not in 0..{num_replicas - 1} (num_replicas={num_replicas})")
+
+
 def shard_size(n: int, num_replicas: int = 1, rank: int = 0, pad: bool = True) -> int:
     """Number of positions :func:`shard_positions` gives this rank."""
     if num_replicas == 1:
@@ -129,7 +137,46 @@ def shard_size(n: int, num_replicas: int = 1, rank: int = 0, pad: bool = True) -
     return len(range(rank, n, num_replicas))
 
 
-class TensorLoader:
+class ShardedLoader:
+    """What TensorLoader and FolderLoader share: this rank's positions of a seeded (seed, epoch) order, in
+    batches (DistributedSampler semantics, see `shard_positions`). Subclasses implement `__iter__`."""
+
+    def __init__(self, dataset: Sized, batch_size: int, shuffle: bool, drop_last: bool, seed: int, num_replicas: int,
+                 rank: int, device: str | torch.device, channels_last: bool, pad_shards: bool) -> None:
+        check_batching(batch_size, num_replicas, rank)
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = int(seed)
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.device = torch.device(device)
+        self.channels_last = channels_last
+        self.pad_shards = pad_shards
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order (and augmentation or worker seeds) the next iteration uses."""
+        self.epoch = int(epoch)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank visits per epoch (before dropping a last partial batch)."""
+        return shard_size(len(self.dataset), self.num_replicas, self.rank, self.pad_shards)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def positions(self) -> torch.Tensor:
+        """Dataset positions this rank visits in the current epoch, in order."""
+        return shard_positions(len(self.dataset), self.shuffle, self.seed, self.epoch,
+                               self.num_replicas, self.rank, self.pad_shards)
+
+
+class TensorLoader(ShardedLoader):
     """Iterates ``(images float32 normalised N,C,H,W, targets int64, indices int64)`` batches on ``device``.
 
     Shuffle order and augmentation depend only on (seed, epoch) (and the rank, for augmentation), so a
@@ -154,47 +201,15 @@ class TensorLoader:
         pad_shards: bool = True,
         fixed_augmentation: bool = False,
     ) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise KdlabError(f"batch size must be a positive integer, got {batch_size!r}")
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise KdlabError(f"rank {rank} is not in 0..{num_replicas - 1} (num_replicas={num_replicas})")
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.drop_last = drop_last
+        super().__init__(dataset, batch_size, shuffle, drop_last, seed, num_replicas, rank, device, channels_last,
+                         pad_shards)
         self.augment = augment
-        self.seed = int(seed)
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.device = torch.device(device)
-        self.channels_last = channels_last
-        self.pad_shards = pad_shards
         # Fixed: each sample's crop/flip is a function of (seed, full-split index) only, the same in every
         # epoch, batch and rank (deterministic teacher inputs for teacher caching); the order still changes.
         self.fixed_augmentation = fixed_augmentation
         self._fixed_draws: tuple[int, torch.Tensor, torch.Tensor] | None = None
-        self.epoch = 0
         self._mean = torch.tensor(dataset.mean, dtype=torch.float32, device=self.device)
         self._std = torch.tensor(dataset.std, dtype=torch.float32, device=self.device)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose permutation and augmentation the next iteration uses."""
-        self.epoch = int(epoch)
-
-    @property
-    def num_samples(self) -> int:
-        """Samples this rank visits per epoch (before dropping a last partial batch)."""
-        return shard_size(len(self.dataset), self.num_replicas, self.rank, self.pad_shards)
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def positions(self) -> torch.Tensor:
-        """Dataset positions this rank visits in the current epoch, in order."""
-        return shard_positions(len(self.dataset), self.shuffle, self.seed, self.epoch,
-                               self.num_replicas, self.rank, self.pad_shards)
 
     def __iter__(self) -> Iterator[Batch]:
         positions = self.positions()

@@ -11,7 +11,7 @@ once the map (planned from ``image_size``) is 1x1.
 Tap points: ``stem``; ``stage1``..``stage4`` are the outputs of groups 1, 2, 4 and 6 (the last group at
 each resolution, as in the benchmark's features); ``stageK_pre`` is the same module because the linear
 bottleneck output is never passed through a ReLU (it already is the pre-activation tensor);
-``embedding``; ``classifier``.
+``final_map`` (the 1x1 head's output, which the global pooling averages); ``embedding``; ``classifier``.
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ class MobileNetV2(nn.Module):
             "stem": "stem",
             **stages,
             **{f"{name}_pre": path for name, path in stages.items()},
+            "final_map": "head",
             "embedding": "flatten",
             "classifier": "classifier",
         }

@@ -8,7 +8,8 @@ and stages of 64/128/256 channels. ``resnet18`` is the CIFAR variant of ResNet-1
 benchmark (``models/resnetv2.py``): 3x3 stem without max-pool, four stages of 64..512 channels.
 
 Tap points: ``stem`` (f0), ``stageK`` (post-ReLU output of stage K), ``stageK_pre`` (the residual sum of
-the stage's last block, just before its final ReLU), ``embedding`` (pooled vector), ``classifier``.
+the stage's last block, just before its final ReLU), ``final_map`` (the map the global pooling averages: the
+last stage), ``embedding`` (pooled vector), ``classifier``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from kdlab.models.common import conv_stride, init_weights
+from kdlab.models.common import StagedNet, conv_stride
 from kdlab.models.hooks import HookPoint
 
 
@@ -52,7 +53,7 @@ class BasicBlock(nn.Module):
         return self.act2(self.preact(out + identity))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(StagedNet):
     """3x3 stem, stages of basic blocks, global average pool, linear classifier."""
 
     def __init__(
@@ -80,18 +81,7 @@ class CifarResNet(nn.Module):
             taps[f"stage{index}"] = f"stage{index}"
             pre_taps[f"stage{index}_pre"] = f"stage{index}.{count - 1}.preact"
             in_planes = width
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.classifier = nn.Linear(in_planes, num_classes)
-        self.num_stages = len(widths)
-        self.tap_points = {**taps, **pre_taps, "embedding": "flatten", "classifier": "classifier"}
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for index in range(1, self.num_stages + 1):
-            x = getattr(self, f"stage{index}")(x)
-        return self.classifier(self.flatten(self.pool(x)))
+        self.finish(len(widths), in_planes, num_classes, {**taps, **pre_taps})
 
 
 def resnet_cifar(depth: int, num_classes: int, in_channels: int = 3, image_size: int = 32) -> CifarResNet:

@@ -9,6 +9,7 @@ stages of 116/232/464 channels, 3/7/3 basic units after each down-sampling unit,
 Stride-2 steps are clamped to stride 1 once the map (planned from ``image_size``) is 1x1.
 
 Tap points: ``stem``, ``stageK``, ``stageK_pre`` (last unit of stage K just before its final ReLU),
+``final_map`` (the map the global pooling averages: the last stage for V1, the 1x1 head for V2),
 ``embedding``, ``classifier``.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdlab.models.common import conv_stride, init_weights
+from kdlab.models.common import StagedNet, conv_stride
 from kdlab.models.hooks import HookPoint
 
 
@@ -59,7 +60,7 @@ class ShuffleUnitV1(nn.Module):
         return self.act3(self.preact(out))
 
 
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(StagedNet):
     """CRD-benchmark ShuffleNet V1 (groups=3)."""
 
     def __init__(
@@ -88,18 +89,7 @@ class ShuffleNetV1(nn.Module):
             self.add_module(f"stage{index}", nn.Sequential(*layers))
             taps[f"stage{index}"] = f"stage{index}"
             pre[f"stage{index}_pre"] = f"stage{index}.{count - 1}.preact"
-        self.num_stages = len(out_planes)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.classifier = nn.Linear(in_planes, num_classes)
-        self.tap_points = {**taps, **pre, "embedding": "flatten", "classifier": "classifier"}
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for index in range(1, self.num_stages + 1):
-            x = getattr(self, f"stage{index}")(x)
-        return self.classifier(self.flatten(self.pool(x)))
+        self.finish(len(out_planes), in_planes, num_classes, {**taps, **pre})
 
 
 class ShuffleUnitV2(nn.Module):
@@ -157,7 +147,7 @@ class DownUnitV2(nn.Module):
         return channel_shuffle(torch.cat([self.left(x), self.right(x)], 1), 2)
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(StagedNet):
     """CRD-benchmark ShuffleNet V2, size 1x."""
 
     def __init__(
@@ -181,18 +171,10 @@ class ShuffleNetV2(nn.Module):
             self.add_module(f"stage{index}", nn.Sequential(*layers))
             taps[f"stage{index}"] = f"stage{index}"
             pre[f"stage{index}_pre"] = f"stage{index}.{count}.preact"
-        self.num_stages = len(units)
         self.head = nn.Sequential(
             nn.Conv2d(channels, out_channels[-1], 1, bias=False), nn.BatchNorm2d(out_channels[-1]), nn.ReLU()
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.classifier = nn.Linear(out_channels[-1], num_classes)
-        self.tap_points = {**taps, **pre, "embedding": "flatten", "classifier": "classifier"}
-        init_weights(self)
+        self.finish(len(units), out_channels[-1], num_classes, {**taps, **pre}, final_map="head")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for index in range(1, self.num_stages + 1):
-            x = getattr(self, f"stage{index}")(x)
-        return self.classifier(self.flatten(self.pool(self.head(x))))
+    def head_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)

@@ -7,7 +7,9 @@ flattens (so the embedding is one module's output); the last block of each ResNe
 :class:`HookPoint` named ``preact`` before its final ReLU, and VGG's ReLUs at stage ends stop working in
 place, so hooks on the pre-ReLU tensors see pre-ReLU values.
 
-Tap points come from ``TAP_TABLE``, keyed by architecture family (the torchvision class).
+Tap points come from ``TAP_TABLE``, keyed by architecture family (the torchvision class). ``final_map`` (the
+map whose global average is the input of a single Linear classifier, for class activation maps) is named for
+ResNet, RegNet, MobileNetV2, EfficientNet and ShuffleNetV2, not where a non-linear head follows the pooling.
 """
 
 from __future__ import annotations
@@ -154,6 +156,7 @@ def _resnet_taps(model: nn.Module) -> dict[str, str]:
         if isinstance(getattr(layer[-1], "preact", None), HookPoint):
             pre[f"stage{index}_pre"] = f"layer{index}.{len(layer) - 1}.preact"
     taps.update(pre)
+    taps["final_map"] = "layer4"
     if isinstance(model.avgpool, FlatAdaptiveAvgPool2d):
         taps["embedding"] = "avgpool"
     taps["classifier"] = "fc"
@@ -164,6 +167,7 @@ def _regnet_taps(model: nn.Module) -> dict[str, str]:
     taps = {"stem": "stem"}
     for index, (name, _) in enumerate(model.trunk_output.named_children(), start=1):
         taps[f"stage{index}"] = f"trunk_output.{name}"
+    taps["final_map"] = taps[f"stage{len(model.trunk_output)}"]
     if isinstance(model.avgpool, FlatAdaptiveAvgPool2d):
         taps["embedding"] = "avgpool"
     taps["classifier"] = "fc"
@@ -190,6 +194,9 @@ def _features_taps(model: nn.Module) -> dict[str, str]:
         if i == len(children) - 1 or _downsamples(children[i + 1][1]):
             stage += 1
             taps[f"stage{stage}"] = f"features.{children[i][0]}"
+    head = [m for m in model.classifier if not isinstance(m, nn.Dropout)]
+    if len(head) == 1 and isinstance(head[0], nn.Linear):  # pooling then one Linear: MobileNetV2, EfficientNet
+        taps["final_map"] = f"features.{children[-1][0]}"
     return {**taps, **_head_taps(model)}
 
 
@@ -212,7 +219,8 @@ def _vgg_taps(model: nn.Module) -> dict[str, str]:
 
 def _shufflenet_taps(model: nn.Module) -> dict[str, str]:
     # Pooling is a functional mean in torchvision's forward, so no module outputs the embedding.
-    return {"stem": "maxpool", "stage1": "stage2", "stage2": "stage3", "stage3": "stage4", "classifier": "fc"}
+    return {"stem": "maxpool", "stage1": "stage2", "stage2": "stage3", "stage3": "stage4", "final_map": "conv5",
+            "classifier": "fc"}
 
 
 def _pooled_fc_taps(model: nn.Module) -> dict[str, str]:

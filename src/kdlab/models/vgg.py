@@ -11,7 +11,8 @@ and the pool before the last block is applied only when the map is at least 8x8,
 benchmark (for 32x32 inputs the last block runs at 4x4; for 64x64 inputs it is pooled to 4x4).
 
 Tap points: ``stem`` (block 0 after ReLU), ``stageK`` (block K after ReLU), ``stageK_pre`` (block K's
-last BN output, before the ReLU), ``embedding``, ``classifier``.
+last BN output, before the ReLU), ``final_map`` (the map the global pooling averages: the last stage),
+``embedding``, ``classifier``.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class VGG(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.classifier = nn.Linear(config[-1][-1], num_classes)
-        self.tap_points = {**taps, "embedding": "flatten", "classifier": "classifier"}
+        self.tap_points = {**taps, "final_map": "stage4", "embedding": "flatten", "classifier": "classifier"}
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ Tap points follow the pre-activation convention of the CRD benchmark's WRN (docs
 notation"): ``stageK`` is the raw residual stream leaving group K (no BN/ReLU applied); ``stageK_pre`` is
 that tensor after the BN which precedes the next ReLU (the first BN of group K+1, or the final BN for the
 last group). That BN output passes through a :class:`HookPoint` named ``preact``; the network computes
-exactly what it did without it.
+exactly what it did without it. ``final_map`` is the final BN-ReLU output, the map the global pooling averages.
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ class WideResNet(nn.Module):
             "stage1_pre": "stage2.0.preact",
             "stage2_pre": "stage3.0.preact",
             "stage3_pre": "preact",
+            "final_map": "act",
             "embedding": "flatten",
             "classifier": "classifier",
         }

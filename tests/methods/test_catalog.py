@@ -3,7 +3,7 @@ from pathlib import Path
 from kdlab.methods import list_methods
 from kdlab.methods.catalog import markdown_table, readme_with_table
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 EXPECTED = {"kd", "dkd", "dist", "lskd", "tfkd_self", "tfkd_virtual", "srd", "srd_dist", "fitnet", "at", "nst",
             "fsp", "ab", "ft", "vid", "od", "kdsvd", "reviewkd", "rkd", "sp", "pkt", "cc", "mhgd", "crd"}

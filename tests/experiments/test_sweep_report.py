@@ -26,7 +26,7 @@ from kdlab.engine.trainer import Trainer
 from kdlab.experiments.report import Cell, method_cell
 from kdlab.experiments.sweep import distill_layer, load_sweep
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SWEEP = {
     "data": "digits",
     "fractions": [0.3],

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from kdlab.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "results-cpu.md"
 RUNS = REPO / "docs" / "results-cpu" / "runs"
 

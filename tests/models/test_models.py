@@ -113,7 +113,7 @@ def test_tap_points_resolve_and_fire(name: str) -> None:
     taps = models.tap_points(model)
     stages = _stage_count(taps)
     assert stages >= 3
-    expected = {"stem", "embedding", "classifier"}
+    expected = {"stem", "final_map", "embedding", "classifier"}
     expected |= {f"stage{k}" for k in range(1, stages + 1)} | {f"stage{k}_pre" for k in range(1, stages + 1)}
     assert set(taps) == expected
 
@@ -129,6 +129,8 @@ def test_tap_points_resolve_and_fire(name: str) -> None:
     assert sizes == sorted(sizes, reverse=True), "stages must not grow spatially"
     assert out["embedding"].shape == (2, classifier.in_features)
     assert torch.equal(out["classifier"], logits)
+    # final_map: the map the global pooling averages into the embedding (CAT-KD's class activation maps)
+    torch.testing.assert_close(out["final_map"].mean(dim=(2, 3)), out["embedding"])
 
 
 @pytest.mark.parametrize("name", POST_ACTIVATION)
@@ -200,13 +202,14 @@ def test_torchvision_resnet18_one_channel_taps_and_preact() -> None:
     model = models.create("tv:resnet18", 10, in_channels=1, image_size=28).eval()
     assert model.conv1.in_channels == 1
     taps = models.tap_points(model)
-    assert set(taps) == {"stem", "embedding", "classifier"} | {
+    assert set(taps) == {"stem", "final_map", "embedding", "classifier"} | {
         f"stage{k}{suffix}" for k in range(1, 5) for suffix in ("", "_pre")
     }
     logits, out = _capture(model, taps, torch.randn(2, 1, 28, 28))
     assert logits.shape == (2, 10)
     assert out["embedding"].shape == (2, model.fc.in_features)
     assert torch.equal(out["classifier"], logits)
+    torch.testing.assert_close(out["final_map"].mean(dim=(2, 3)), out["embedding"])
     for k in range(1, 5):
         assert (out[f"stage{k}_pre"] < 0).any()
         assert torch.equal(torch.relu(out[f"stage{k}_pre"]), out[f"stage{k}"])
