@@ -46,6 +46,17 @@ PAIRS = {
     "resnet32x4-shufflenetv2": {"dkd_beta": 8.0, "reviewkd": 8.0, "same": False, "col": 2},
     "wrn_40_2-shufflenetv1": {"dkd_beta": 8.0, "reviewkd": 5.0, "same": False, "col": 3},
 }
+# CAT-KD's tuned weight (beta), CAM resolution and normalisation per pair: github.com/GzyAftermath/CAT-KD
+# configs/cifar100/CAT_KD/*.yaml (docs/methods.md#catkd); resnet110-resnet20 has no config there.
+CATKD = {
+    "resnet56-resnet20": (0.7, 2, False), "resnet110-resnet32": (1.8, 2, False),
+    "resnet32x4-resnet8x4": (15.0, 2, False), "wrn_40_2-wrn_16_2": (12.0, 2, False),
+    "wrn_40_2-wrn_40_1": (1.5, 2, False), "vgg13-vgg8": (4.5, 2, False), "vgg13-mobilenetv2": (15.0, 2, True),
+    "resnet32x4-shufflenetv1": (600.0, 4, True), "resnet32x4-shufflenetv2": (600.0, 4, True),
+    "wrn_40_2-shufflenetv1": (80.0, 4, True),
+}
+# Methods whose CIFAR-100 numbers are only in their paper's tables, which were not read here (so none is copied).
+PAPER_ONLY = {"catkd": "in the CAT-KD paper's tables (arXiv:2304.12777) only, not in its repository; not copied here"}
 # Assumptions where no per-pair value is published (said in the file's header).
 ASSUMED = {
     ("resnet110-resnet20", "dkd_beta"): (2.0, "not in mdistiller's configs; 2.0 as for the other CIFAR-ResNet pairs"),
@@ -77,6 +88,8 @@ SAME = {
     "dist": ("D, mean ± std", "71.75±0.30 - 76.31±0.19 - 74.43±0.24 - -"),
     "lskd": ("L", "71.43 74.17 76.62 76.11 74.37 74.36 71.48"),
     "dkd_ls": ("L", "72.32 74.29 77.01 76.39 74.89 74.81 71.85"),
+    "ickd": ("I", "71.76 73.89 75.25 75.64 74.33 73.42 71.68"),
+    "ctkd": ("C", "71.19 73.52 73.39 75.45 73.93 73.52 70.99"),
 }
 CROSS = {
     "teacher": ("R", "74.64 79.42 79.42 75.61"),
@@ -99,6 +112,10 @@ CROSS = {
     "dist": ("D, mean ± std", "- 76.34±0.18 77.35±0.25 -"),
     "lskd": ("L", "68.61 - 75.56 -"),
     "dkd_ls": ("L", "69.98 - 77.37 -"),
+    "ctkd": ("C", "68.50 - 75.37 -"),
+    "sdd": ("W", "68.79 76.30 76.67 76.65"),
+    "sdd_dkd": ("W", "70.25 77.30 78.05 77.21"),
+    "sdd_nkd": ("W", "69.50 76.34 77.07 76.81"),
 }
 SOURCES = {
     "R": "Tian, Krishnan, Isola, ICLR 2020 (arXiv:1910.10699), as in the github.com/HobbitLong/RepDistiller README; "
@@ -107,6 +124,13 @@ SOURCES = {
          "epoch, mean of 5 runs",
     "D": "Huang et al., NeurIPS 2022 (arXiv:2205.10536), as in the github.com/hunto/DIST_KD README",
     "L": "Sun et al., CVPR 2024 (arXiv:2403.01427), as in the github.com/sunshangquan/logit-standardization-KD README",
+    "I": "Liu et al., ICCV 2021 (arXiv:2202.03680), 'ICKD-C (w/o KL)' as in the github.com/ADLab-AutoDrive/ICKD "
+         "Cifar100/README.md",
+    "C": "Li et al., AAAI 2023 (arXiv:2211.16231), KD+CTKD with a global temperature, as in the "
+         "github.com/zhengli97/CTKD README; resnet32x4→resnet8x4 and the cross-architecture values from the CTKD row "
+         "of the github.com/sunshangquan/logit-standardization-KD README (whose other values equal the CTKD README's)",
+    "W": "Wei et al., CVPR 2024 (arXiv:2403.13512), the CIFAR-100 table cifar100.png of "
+         "github.com/shicaiwei123/SDD-CVPR2024 (cells [1,2,4])",
     "ND": "the ReviewKD paper's comparison (Chen et al., CVPR 2021, arXiv:2104.09044) as quoted by the "
           "github.com/WangYZ1608/Knowledge-Distillation-via-ND README",
 }
@@ -158,6 +182,33 @@ def published_hparams(pair: str, info: dict) -> dict[str, tuple[str, dict, str]]
                    "DKD+LS of github.com/sunshangquan/logit-standardization-KD: standardised logits, alpha and "
                    "this pair's beta times kd-weight 9, T 2"),
     }
+    configs["ickd"] = ("ickd", {"methods": {"ickd": {"weight": 2.5}}},
+                       "github.com/ADLab-AutoDrive/ICKD Cifar100/README.md: -a 0 -b 2.5 (CE 1, no KD term)")
+    if pair in CATKD:
+        weight, resolution, normalize = CATKD[pair]
+        configs["catkd"] = ("catkd", {"methods": {"catkd": {"weight": weight, "resolution": resolution,
+                                                            "normalize": normalize}}},
+                            "github.com/GzyAftermath/CAT-KD configs/cifar100/CAT_KD/ for this pair: CAT_loss_weight, "
+                            "CAM_RESOLUTION, IF_NORMALIZE, CE 1")
+    sdd_scales = [1, 2] if info["same"] else [1, 2, 4]  # the --M of the SDD authors' scripts and README
+    sdd_repo = "github.com/shicaiwei123/SDD-CVPR2024"
+    configs["ctkd"] = ("ctkd", {"ce_weight": 0.1, "methods": {"ctkd": {
+        "weight": 0.9, "mode": "global", "t_min": 1.0, "t_max": 21.0, "init": 1.0, "curriculum_epochs": 10,
+        "max_strength": 1.0}}},
+        "github.com/zhengli97/CTKD scripts/run_cifar_distill.sh: -r 0.1 -a 0.9 --have_mlp 1 --mlp_name global "
+        "--cosine_decay 1 --decay_max 0 --decay_min -1 --decay_loops 10, train_student.py --t_start 1 --t_end 20")
+    configs["sdd"] = ("sdd", {"ce_weight": 0.1, "methods": {"sdd": {
+        "weight": 0.9, "temperature": 4.0, "base": "kd", "scales": sdd_scales, "warmup": 0}}},
+        f"{sdd_repo} SDD_KD with mdistiller's KD.* (CE 0.1, KD 0.9, T 4, no warm-up), --M {sdd_scales}")
+    configs["sdd_dkd"] = ("sdd", {"ce_weight": 1.0, "methods": {"sdd": {
+        "weight": 1.0, "base": "dkd", "alpha": 1.0, "beta": beta, "temperature": 4.0, "scales": sdd_scales,
+        "warmup": 20}}},
+        f"{sdd_repo} configs/cifar100/sdd_dkd/ (DKD.* CE 1, alpha 1, this pair's beta, T 4), --warmup 20, "
+        f"--M {sdd_scales}")
+    configs["sdd_nkd"] = ("sdd", {"ce_weight": 1.0, "methods": {"sdd": {
+        "weight": 1.0, "base": "nkd", "gamma": beta, "temperature": 4.0, "scales": sdd_scales, "warmup": 20}}},
+        f"{sdd_repo} SDD_NKD, which reads DKD.T 4 as T and this pair's DKD.BETA as gamma, DKD.WARMUP 20, "
+        f"CE 1, --M {sdd_scales}")
     if not info["same"] or info.get("no_fsp"):
         del configs["fsp"]  # RepDistiller's FSP needs equal widths; the CRD benchmark lists it as N/A here
     return configs
@@ -185,6 +236,8 @@ def deviations(spec: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 def published(pair: str, info: dict, row: str, used: dict[str, str]) -> str:
     """The published top-1 of `row` for this pair with its source's tag, recording the tag in `used`."""
+    if row in PAPER_ONLY:
+        return PAPER_ONLY[row]
     source, values = (SAME if info["same"] else CROSS).get(row, ("", ""))
     cells = values.split()
     value = cells[info["col"]] if cells else "-"

@@ -39,7 +39,7 @@ def real_data_root(request: pytest.FixtureRequest) -> Path:
         pytest.fail(f"mark the test @pytest.mark.real_data(...) with datasets from {sorted(REAL_DATA_FILES)}")
     root = os.environ.get("KDLAB_DATA")
     if not root:
-        pytest.skip(f"real {'/'.join(names)} data: set KDLAB_DATA to the folder holding it (e.g. ../shared/data)")
+        pytest.skip(f"real {'/'.join(names)} data: set KDLAB_DATA to the folder holding it (e.g. /path/to/data)")
     missing = [f for n in names for f in REAL_DATA_FILES[n] if not (Path(root) / f).is_file()]
     if missing:
         pytest.skip(f"real data: KDLAB_DATA={root} lacks {', '.join(missing)}")

@@ -107,3 +107,25 @@ def test_bad_numbers_are_one_line(extra, message, tmp_path, capsys):
     assert code == 2 and message in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("epochs, milestones", [(30, [19, 23, 26]), (10, [6, 8, 9]), (240, [150, 180, 210]),
+                                                (480, [300, 360, 420]), (2, [1, 2])])
+def test_step_milestones_follow_the_runs_length(epochs, milestones):
+    """150/180/210 of 240 epochs are 62.5/75/87.5% of the run: a shorter or longer run decays at the same shares."""
+    c = cfg.build([{"data": {"name": "cifar100"}}, {"optim": {"epochs": epochs}}])
+    assert c.optim.milestones == milestones
+    f = lr_factor(c.optim)
+    assert f(epochs - 1) == pytest.approx(0.1 ** len(milestones)) if epochs > 2 else f(epochs - 1) < 1
+
+
+def test_milestones_given_by_the_run_are_kept_and_the_schedule_is_printed():
+    from kdlab.engine.schedule import describe
+
+    c = cfg.build([{"data": {"name": "cifar100"}}, {"optim": {"epochs": 30, "milestones": [5]}}])
+    assert c.optim.milestones == [5]
+    assert describe(c.optim) == ("schedule: 30 epochs, SGD momentum 0.9, weight decay 0.0005, lr 0.05, "
+                                 "x0.1 after epochs 5")
+    # the saved config.yaml holds the resolved milestones, so a resumed run keeps them
+    again = cfg.build([cfg.parse_overrides(["optim.epochs=30", "data.name=cifar100"])])
+    assert again.optim.milestones == [19, 23, 26]

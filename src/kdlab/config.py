@@ -185,10 +185,28 @@ def build(layers: list[dict[str, Any]]) -> Config:
     data = merged.get("data")
     data_name = str(data.get("name", DataConfig.name)) if isinstance(data, dict) else DataConfig.name
     model_name = str(merged.get("model", Config.model))
-    merged = merge(data_recipe(data_name, model_name), merged)
+    merged = merge(_recipe_for_length(data_recipe(data_name, model_name), merged), merged)
     config = from_dict(Config, merged, "")
     validate(config)
     return config
+
+
+def _recipe_for_length(recipe: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """The recipe with its LR milestones scaled to the run's epochs, unless the run gives milestones:
+    `--epochs 30` on CIFAR decays at 19/23/26 as the 240-epoch recipe does at 150/180/210, instead of never.
+    A recipe without milestones (cosine ones) scales the default 150/180/210 of 240, for `optim.schedule=step`."""
+    optim, run_optim = recipe.get("optim", {}), run.get("optim")
+    run_optim = run_optim if isinstance(run_optim, dict) else {}
+    if "milestones" in optim:
+        milestones, reference = optim["milestones"], optim["epochs"]
+    else:
+        milestones, reference = OptimConfig().milestones, OptimConfig().epochs
+    epochs = run_optim.get("epochs", optim.get("epochs"))
+    if ("milestones" in run_optim or not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1
+            or epochs == reference):
+        return recipe
+    scaled = sorted({min(max(1, int(m * epochs / reference + 0.5)), epochs) for m in milestones})
+    return merge(recipe, {"optim": {"milestones": scaled}})
 
 
 def from_dict(cls: type, values: dict[str, Any], prefix: str) -> Any:

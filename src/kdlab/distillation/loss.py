@@ -93,6 +93,7 @@ class DistillationLoss(nn.Module):
         self._probe(contexts, s_paths, t_paths, input_shape, method)
         for ctx, instances in zip(contexts, self._instances_by_teacher(), strict=True):
             for m in instances:
+                m.fit_to_run(epochs)  # epoch-counted defaults (warm-ups) follow the run's length
                 m.build(ctx)  # connectors from the probed shapes
         # Persistent hooks, attached after probing (a teacher's may cut its forward short).
         self._student_taps = TapRecorder(student, s_paths)

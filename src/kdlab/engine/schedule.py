@@ -30,6 +30,24 @@ def lr_factor(optim: OptimConfig) -> Callable[[int], float]:
     return factor
 
 
+def describe(optim: OptimConfig, base_lr: float | None = None) -> str:
+    """One line for the start of a run: optimizer, LR and where it changes, e.g.
+    'schedule: 30 epochs, SGD momentum 0.9, weight decay 0.0005, lr 0.05, x0.1 after epochs 19/23/26'."""
+    lr = optim.lr if base_lr is None else base_lr
+    parts = [f"{optim.epochs} epochs", f"SGD momentum {optim.momentum:g}{' nesterov' if optim.nesterov else ''}",
+             f"weight decay {optim.weight_decay:g}", f"lr {lr:g}"]
+    if optim.warmup_epochs:
+        parts.append(f"linear warm-up over {optim.warmup_epochs} epochs")
+    if optim.schedule == "step":
+        parts.append(f"x{optim.gamma:g} after epochs {'/'.join(map(str, optim.milestones))}"
+                     if optim.milestones else "constant (no milestones)")
+    else:
+        parts.append("cosine to 0" if optim.schedule == "cosine" else "constant")
+    if optim.extend_to and optim.extend_to > optim.epochs:
+        parts.append(f"extended to epoch {optim.extend_to} at the last epoch's lr")
+    return "schedule: " + ", ".join(parts)
+
+
 def total_epochs(optim: OptimConfig) -> int:
     """Epochs to train: `optim.epochs`, or `optim.extend_to` when a finished run is extended past them."""
     return max(optim.epochs, optim.extend_to or 0)

@@ -104,11 +104,17 @@ def _curves(plt: Any, rows: list, title: str, path: Path, teacher_label: str) ->
             ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs],
                             color=color, alpha=0.15, lw=0)
     ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_xlabel("epoch")
+    return _finish_top1_axes(plt, fig, ax, "epoch", f"{title}: test top-1 per epoch (mean, min-max over seeds)",
+                             len(rows), path)
+
+
+def _finish_top1_axes(plt: Any, fig: Any, ax: Any, xlabel: str, title: str, entries: int, path: Path) -> Path:
+    """Labels (top-1 on the y axis), title, grid and the legend beside the axes; then save."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test top-1 (%)")
-    ax.set_title(f"{title}: test top-1 per epoch (mean, min-max over seeds)", fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    outside_legend(ax, len(rows))
+    outside_legend(ax, entries)
     return _save(plt, fig, path)
 
 
@@ -123,12 +129,8 @@ def _scatter(plt: Any, rows: list, title: str, path: Path) -> Path:
                        s=28)
             x, y = sum(p[0] for p in points) / len(points), sum(p[1] for p in points) / len(points)
             ax.annotate(label, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=6, color="0.25")
-    ax.set_xlabel("ECE (%) — lower is better")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title(f"{title}: accuracy vs calibration, last epoch (one point per run)", fontsize=9)
-    ax.grid(alpha=0.3)
-    outside_legend(ax, len(rows))
-    return _save(plt, fig, path)
+    return _finish_top1_axes(plt, fig, ax, "ECE (%) — lower is better",
+                             f"{title}: accuracy vs calibration, last epoch (one point per run)", len(rows), path)
 
 
 def _reliability(plt: Any, rows: list, title: str, path: Path) -> Path | None:

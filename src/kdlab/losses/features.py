@@ -1,4 +1,5 @@
-"""Feature-based distillation losses (FitNet, AT, NST, VID, OD, AB, FSP, FT, KD-SVD, ReviewKD HCL).
+"""Feature-based distillation losses (FitNet, AT, NST, VID, OD, AB, FSP, FT, KD-SVD, ReviewKD HCL, ICKD,
+PAD-L2, CAT-KD).
 
 Stateless like ``torch.nn.functional``: tensors first, hyperparameters as keywords with the authors'
 defaults. Every function returns an *unweighted* scalar as defined in docs/methods.md; the outer
@@ -42,6 +43,12 @@ __all__ = [
     "paraphraser_reconstruction",
     "kdsvd",
     "reviewkd_hcl",
+    "channel_correlation",
+    "ickd",
+    "embedding_l2",
+    "pad_l2",
+    "class_activation_maps",
+    "catkd",
 ]
 
 _Fn = TypeVar("_Fn", bound=Callable[..., Any])
@@ -456,16 +463,27 @@ class _TopEigh(torch.autograd.Function):
         return torch.nan_to_num(ga, nan=0.0, posinf=0.0, neginf=0.0), None
 
 
-def _right_singular(feature: Tensor, n: int) -> tuple[Tensor, Tensor]:
+def _right_singular(feature: Tensor, n: int, route: str = "auto") -> tuple[Tensor, Tensor]:
     """Top-n right singular vectors (B, C, n), unit over C, and singular values (B, n) of X = (HW × C).
 
-    Obtained from the eigendecomposition of the C × C Gram matrix XᵀX (σ = sqrt(λ)); non-finite values
-    are zeroed as in RepDistiller.
+    From the eigendecomposition of the smaller Gram matrix, as the authors' KD-EID
+    (github.com/sseung0703/KD_methods_with_TF ``nets/SVP.py`` ``SVD_eid``): route ``"channels"`` takes
+    the C × C matrix XᵀX, whose eigenvectors are V (σ = sqrt(λ)); route ``"positions"`` takes the HW × HW
+    matrix XXᵀ, whose eigenvectors are U, and then V = XᵀU/σ. ``"auto"`` picks the smaller (positions
+    when HW < C). Both give the SVD's vectors wherever σ > 0; directions of zero singular values, which an
+    SVD leaves arbitrary, come out as zero vectors on the positions route. Non-finite values are zeroed
+    as in RepDistiller.
     """
     x = feature.flatten(2)  # (B, C, HW) = Xᵀ
-    gram = x @ x.transpose(1, 2)
+    if route == "auto":
+        route = "positions" if x.shape[2] < x.shape[1] else "channels"
+    if route not in ("channels", "positions"):
+        raise ValueError(f"_right_singular route {route!r}; use 'auto', 'channels' or 'positions'")
+    gram = x @ x.transpose(1, 2) if route == "channels" else x.transpose(1, 2) @ x
     gram = 0.5 * (gram + gram.transpose(1, 2))
     evals, evecs = _TopEigh.apply(gram, n)
+    if route == "positions":
+        evecs = x @ evecs  # XᵀU = Vσ: unit over C after the normalisation below
     evecs = F.normalize(torch.nan_to_num(evecs, nan=0.0, posinf=0.0, neginf=0.0), dim=1)
     sing = torch.nan_to_num(evals.clamp_min(0.0).sqrt(), nan=0.0, posinf=0.0, neginf=0.0)
     return evecs, sing
@@ -484,7 +502,8 @@ def kdsvd(student_features: Sequence[Tensor], teacher_features: Sequence[Tensor]
     SVD signs are arbitrary; the student's sign is removed by the alignment and the teacher vector's sign
     is fixed so its largest-magnitude entry is positive (non-negative vectors for post-ReLU maps), which
     makes the loss independent of the SVD backend. Student and teacher channels must match per stage.
-    Vectors come from a float32 eigendecomposition of XᵀX with a degeneracy-safe gradient. Default outer
+    Vectors come from a float32 eigendecomposition of the smaller of XᵀX (C × C) and XXᵀ (HW × HW), the
+    KD-EID route, with a degeneracy-safe gradient. Default outer
     weight 1.0 (mdistiller), k = 1; the method clips this loss's gradient to the CE gradient's norm
     × sigmoid(epoch) (official), which is the method's job, not this function's.
     """
@@ -579,3 +598,126 @@ def reviewkd_hcl(
             denom += w
         total = total + level / denom
     return total
+
+
+# --------------------------------------------------------------------------------------------- ICKD
+
+
+def channel_correlation(feature: Tensor) -> Tensor:
+    """Row-normalised inter-channel Gram matrices, shape (B, C, C) (ICKD; docs/methods.md#ickd).
+
+    Per sample, X = the map as C × HW; G = XXᵀ; each row of G divided by its L2 norm (a zero row stays 0).
+    """
+    _check_4d(feature, "channel_correlation feature")
+    x = feature.float().flatten(2)
+    return F.normalize(torch.bmm(x, x.transpose(1, 2)), dim=2)
+
+
+@_fp32
+def ickd(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
+    """Inter-channel correlation distillation, CIFAR form: ``sum_{b,i,j} (G~s - G~t)² / (C·B)``.
+
+    Liu et al. 2021 (docs/methods.md#ickd; github.com/ADLab-AutoDrive/ICKD ``Cifar100/distiller_zoo/ICKD.py``).
+    ``G~`` is :func:`channel_correlation`; ``student_feature`` has been through the embedding (1×1 conv + BN
+    to the teacher's C channels). Spatial sizes may differ: the C × C matrices sum over positions. Default
+    outer weight β = 2.5 (official README).
+    """
+    _check_4d(student_feature, "ickd student feature")
+    _check_4d(teacher_feature, "ickd teacher feature")
+    _check_batch(student_feature, teacher_feature, "ickd")
+    b, c = student_feature.shape[0], student_feature.shape[1]
+    if teacher_feature.shape[1] != c:
+        raise ValueError(
+            f"ickd: student has {c} channels, teacher {teacher_feature.shape[1]}; pass the student map "
+            f"through a 1x1 conv to the teacher's channels first"
+        )
+    diff = channel_correlation(student_feature) - channel_correlation(_teacher(teacher_feature))
+    return diff.pow(2).sum() / (c * b)
+
+
+# --------------------------------------------------------------------------------------------- PAD-L2
+
+
+def _check_embeddings(s: Tensor, t: Tensor, what: str) -> None:
+    if s.dim() != 2 or s.shape != t.shape:
+        raise ValueError(
+            f"{what}: student embedding {tuple(s.shape)} and teacher embedding {tuple(t.shape)} must both be "
+            f"(B, D) with the same D; tap the pooled embeddings and map the student to the teacher's width"
+        )
+
+
+@_fp32
+def embedding_l2(student_embedding: Tensor, teacher_embedding: Tensor) -> Tensor:
+    """Elementwise MSE of pooled embeddings, ``mean_{B,D} (f_s - f_t)²``: PAD-L2's first (L2) stage.
+
+    torchdistill ``ce_l2`` config (``MSELoss`` on ``avgpool``, weight 15; docs/methods.md#pad).
+    """
+    _check_embeddings(student_embedding, teacher_embedding, "embedding_l2")
+    return F.mse_loss(student_embedding.float(), _teacher(teacher_embedding))
+
+
+@_fp32
+def pad_l2(student_embedding: Tensor, teacher_embedding: Tensor, log_variance: Tensor, eps: float = 1e-6) -> Tensor:
+    """Prime-aware adaptive distillation with L2: ``mean_B mean_D [(f_t - f_s)²/(eps + e^ℓ) + ℓ]``.
+
+    Zhang et al. 2020 (docs/methods.md#pad), as torchdistill's ``PADL2Loss`` (``losses/mid_level.py``).
+    ``log_variance`` ℓ (B, D) is the variance branch's output on the student embedding; it keeps its
+    gradient, as does the student embedding. Default outer weight 1.0.
+    """
+    _check_embeddings(student_embedding, teacher_embedding, "pad_l2")
+    if log_variance.shape != student_embedding.shape:
+        raise ValueError(
+            f"pad_l2: log-variance {tuple(log_variance.shape)} must have the embeddings' shape "
+            f"{tuple(student_embedding.shape)}; the variance branch maps D features to D log-variances"
+        )
+    if not eps >= 0:
+        raise ValueError(f"pad_l2 eps={eps} must be >= 0; use the default 1e-6")
+    lv = log_variance.float()
+    sq = (_teacher(teacher_embedding) - student_embedding.float()).pow(2)
+    return (sq / (eps + lv.exp()) + lv).mean()
+
+
+# --------------------------------------------------------------------------------------------- CAT-KD
+
+
+@_fp32
+def class_activation_maps(feature: Tensor, classifier_weight: Tensor) -> Tensor:
+    """Class activation maps ``A_k = Σ_c W_kc F_c``, shape (B, K, H, W): the classifier as a 1×1 conv, no bias.
+
+    ``feature`` is the map that the global average pooling reduces to the classifier's input (CAT-KD;
+    docs/methods.md#catkd). Pooling commutes with this map, so ``pool(A) = CAMs of pool(F)``.
+    """
+    _check_4d(feature, "class_activation_maps feature")
+    if classifier_weight.dim() != 2 or classifier_weight.shape[1] != feature.shape[1]:
+        raise ValueError(
+            f"class_activation_maps: classifier weight {tuple(classifier_weight.shape)} does not fit a map with "
+            f"{feature.shape[1]} channels; pass the (K, C) weight of the Linear that reads the pooled map"
+        )
+    return torch.einsum("bchw,kc->bkhw", feature.float(), classifier_weight.float())
+
+
+@_fp32
+def catkd(student_cams: Tensor, teacher_cams: Tensor, resolution: int = 2, normalize: bool = False) -> Tensor:
+    """Class attention transfer: ``mean_{B,K,r,r} (φ(P_r A_s) - φ(P_r A_t))²`` (Guo et al. 2023).
+
+    docs/methods.md#catkd; github.com/GzyAftermath/CAT-KD ``mdistiller/distillers/CAT_KD.py`` (``CAT_loss``).
+    P_r is adaptive average pooling to r × r (so spatial sizes may differ); φ divides each (sample, class)
+    r × r map by its L2 norm when ``normalize``, else is the identity. Default outer weight β = 15
+    (res32x4→res8x4 config; 0.7–600 per pair).
+    """
+    _check_4d(student_cams, "catkd student CAMs")
+    _check_4d(teacher_cams, "catkd teacher CAMs")
+    _check_batch(student_cams, teacher_cams, "catkd")
+    if student_cams.shape[1] != teacher_cams.shape[1]:
+        raise ValueError(
+            f"catkd: student has {student_cams.shape[1]} class maps, teacher {teacher_cams.shape[1]}; both "
+            f"networks must classify the same classes"
+        )
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+        raise ValueError(f"catkd resolution={resolution!r} must be an integer >= 1; use e.g. 2")
+    s = _pool_to(student_cams.float(), (resolution, resolution))
+    t = _pool_to(_teacher(teacher_cams), (resolution, resolution))
+    if normalize:
+        s = F.normalize(s.flatten(2), dim=2)
+        t = F.normalize(t.flatten(2), dim=2)
+    return F.mse_loss(s, t)

@@ -1,4 +1,5 @@
-"""Logit-based distillation losses: KD, DKD, DIST, logit-standardized KD, Tf-KD, SRD, DML, multi-teacher.
+"""Logit-based distillation losses: KD, DKD, DIST, logit-standardized KD, Tf-KD, SRD, DML, multi-teacher, NKD,
+WSLD, SDD (scale-decoupled, on region logits) and CTKD (learned temperature, gradient reversal).
 
 Stateless functions in the style of ``torch.nn.functional``: tensors first, hyperparameters as keywords with
 the paper's / authors' defaults. Each returns a scalar tensor holding the *unweighted* loss as defined by its
@@ -19,6 +20,7 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -45,6 +47,16 @@ __all__ = [
     "dml",
     "dml_ensemble",
     "average_teacher_probs",
+    "nkd",
+    "nkd_terms",
+    "wsld",
+    "wsld_weights",
+    "sdd",
+    "sdd_pool",
+    "sdd_weights",
+    "ctkd",
+    "ctkd_strength",
+    "reverse_gradient",
 ]
 
 
@@ -565,3 +577,274 @@ def dml_ensemble(logits: Sequence[Tensor], index: int, temperature: float = 1.0)
     others = [z for i, z in enumerate(logits) if i != k]
     target = average_teacher_probs(others, temperature=temperature)
     return kd_from_probs(logits[k], target, temperature=temperature)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers of the target / non-target split shared by NKD and SDD (docs/methods.md#nkd, #sdd)
+
+
+def _non_target_columns(target: Tensor, num_classes: int, device: torch.device) -> Tensor:
+    """(B, K-1) column indices of each row's non-target classes, in class order (static shape)."""
+    y = target.to(device).long().unsqueeze(1)
+    cols = torch.arange(num_classes - 1, device=device).unsqueeze(0)
+    return cols + (cols >= y).long()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# NKD (Yang et al. 2023), docs/methods.md#nkd
+
+
+def nkd_terms(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor,
+    temperature: float = 1.0,
+    reduction: str = "batchmean",
+) -> tuple[Tensor, Tensor]:
+    """NKD's (target term, normalised non-target term) before γ, batch-mean or per sample (``"none"``).
+
+    Yang, Zeng, Yuan, Li, "From Knowledge Distillation to Self-Knowledge Distillation: A Unified Approach with
+    Normalized Loss and Customized Soft Labels" (ICCV 2023, arXiv:2303.13005); docs/methods.md#nkd.
+    target term = -p^t_y log p^s_y with p = softmax(z) at temperature 1 (p^t_y a constant);
+    non-target term = -T^2 Σ_{k≠y} p̂^t_k log p̂^s_k with p̂ = softmax of z/T over the non-target classes.
+    Both are cross-entropies, as in the official code (github.com/yzd-v/cls_KD ``mmcls/models/dis_losses/nkd.py``):
+    their gradients are those of the corresponding KLs, but the values do not reach 0 when the student
+    matches the teacher.
+    """
+    _check_pair("student_logits", student_logits, "teacher_logits", teacher_logits)
+    _check_temperature(temperature)
+    b, k = student_logits.shape
+    _check_target(target, b, k)
+    if reduction not in ("batchmean", "none"):
+        raise ValueError(f"reduction must be 'batchmean' or 'none', got {reduction!r}")
+    zs = _f32(student_logits)
+    zt = _f32(teacher_logits).detach()
+    y = target.to(zs.device).long().unsqueeze(1)
+    log_ps_y = F.log_softmax(zs, dim=1).gather(1, y).squeeze(1)
+    pt_y = F.softmax(zt, dim=1).gather(1, y).squeeze(1)
+    target_term = -pt_y * log_ps_y
+    other = _non_target_columns(target, k, zs.device)
+    log_hat_s = F.log_softmax(zs.gather(1, other) / temperature, dim=1)
+    hat_t = F.softmax(zt.gather(1, other) / temperature, dim=1)
+    non_target = -(hat_t * log_hat_s).sum(dim=1) * temperature**2
+    if reduction == "batchmean":
+        return target_term.mean(), non_target.mean()
+    return target_term, non_target
+
+
+def nkd(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    target: Tensor,
+    temperature: float = 1.0,
+    gamma: float = 1.5,
+) -> Tensor:
+    """NKD: target term + γ · normalised non-target term (see :func:`nkd_terms`); docs/methods.md#nkd.
+
+    The loss-module defaults (T 1, γ 1.5) are the official ImageNet ones; the official CIFAR-100 config uses
+    T 3, γ 3.5. Total: CE (weight 1) + this.
+    """
+    target_term, non_target = nkd_terms(student_logits, teacher_logits, target, temperature=temperature)
+    return target_term + gamma * non_target
+
+
+# ----------------------------------------------------------------------------------------------------------
+# WSLD (Zhou et al. 2021), docs/methods.md#wsld
+
+
+def wsld_weights(student_logits: Tensor, teacher_logits: Tensor, target: Tensor) -> Tensor:
+    """WSLD's per-sample weights w = 1 - exp(-max(CE_s / (CE_t + 1e-7), 0)), (B,), without gradient.
+
+    CE_s, CE_t: the hard-label cross-entropies of the student and the teacher at temperature 1, on detached
+    logits (github.com/bellymonster/Weighted-Soft-Label-Distillation ``knowledge_distiller.py``). w is near 1
+    where the student is worse than the teacher on the sample and near 0 where it is already better.
+    """
+    _check_pair("student_logits", student_logits, "teacher_logits", teacher_logits)
+    b, k = student_logits.shape
+    _check_target(target, b, k)
+    zs = _f32(student_logits).detach()
+    y = target.to(zs.device).long()
+    ce_s = F.cross_entropy(zs, y, reduction="none")
+    ce_t = F.cross_entropy(_f32(teacher_logits).detach(), y, reduction="none")
+    return 1.0 - torch.exp(-(ce_s / (ce_t + 1e-7)).clamp_min(0.0))
+
+
+def wsld(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float = 4.0) -> Tensor:
+    """Weighted soft labels: T^2 * mean_i w_i * (-Σ_k softmax(z_t/T)_ik log softmax(z_s/T)_ik).
+
+    Zhou et al., "Rethinking Soft Labels for Knowledge Distillation: A Bias-Variance Tradeoff Perspective"
+    (ICLR 2021, arXiv:2102.00650); docs/methods.md#wsld. w from :func:`wsld_weights` (a constant). The soft
+    term is a cross-entropy (KL + the teacher's entropy), as in the official code. Outer weights: CE 1 +
+    alpha * this, alpha 2.5 and T 2 (official, ImageNet), alpha 2.25 and T 4 (github.com/yzd-v/cls_KD, CIFAR-100).
+    """
+    _check_temperature(temperature)
+    weights = wsld_weights(student_logits, teacher_logits, target)
+    log_ps = F.log_softmax(_f32(student_logits) / temperature, dim=1)
+    pt = F.softmax(_f32(teacher_logits).detach() / temperature, dim=1)
+    soft = -(pt * log_ps).sum(dim=1)
+    return temperature**2 * (weights * soft).mean()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# SDD (Wei et al. 2024), docs/methods.md#sdd
+
+
+def _check_scales(scales: Sequence[int]) -> list[int]:
+    values = list(scales) if isinstance(scales, (list, tuple)) else None
+    if (not values or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in values)
+            or len(set(values)) != len(values) or values[0] != 1):
+        raise ValueError(f"scales must be distinct positive ints starting with 1 (the global cell), e.g. [1, 2, 4]; "
+                         f"got {scales!r}")
+    return values
+
+
+def sdd_pool(features: Tensor, scales: Sequence[int] = (1, 2, 4)) -> Tensor:
+    """Multi-scale average pooling of a (B, C, H, W) map into (B, N, C) cell vectors, N = Σ s².
+
+    Cells are ordered by scale (``scales[0]`` must be 1: cell 0 is the global average), each scale's s x s grid
+    row by row (adaptive average pooling). docs/methods.md#sdd. The official code pools the 4x4 grid and then
+    the coarser grids from it; that equals this direct pooling whenever H and W are multiples of 4, or 1 or 2.
+    """
+    if not isinstance(features, Tensor) or features.dim() != 4:
+        shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+        raise ValueError(f"features must be a (B, C, H, W) feature map, got {shape}")
+    cells = [F.adaptive_avg_pool2d(features, s).flatten(2) for s in _check_scales(scales)]  # (B, C, s*s)
+    return torch.cat(cells, dim=2).transpose(1, 2)
+
+
+def _check_regions(student: Tensor, teacher: Tensor) -> None:
+    for name, x in (("student_region_logits", student), ("teacher_region_logits", teacher)):
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] < 2:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"{name} must be (batch, regions, num_classes) with region 0 the global logits, "
+                             f"got {shape}")
+    if student.shape != teacher.shape:
+        raise ValueError(f"student_region_logits {tuple(student.shape)} and teacher_region_logits "
+                         f"{tuple(teacher.shape)} must have the same shape (same scales, classes and batch)")
+
+
+def sdd_weights(teacher_region_logits: Tensor, target: Tensor, complementary_weight: float = 2.0) -> Tensor:
+    """SDD's (B, N) weights: ``complementary_weight`` for a local cell whose teacher prediction is right while
+    the teacher's global prediction is wrong, or the reverse; 1 for consistent cells and the global cell.
+
+    Correctness is the teacher's argmax against the label (docs/methods.md#sdd; github.com/shicaiwei123/SDD-CVPR2024
+    ``mdistiller/distillers/KD.py`` ``sdd_kd_loss``, where the weight is 2).
+    """
+    if not isinstance(teacher_region_logits, Tensor) or teacher_region_logits.dim() != 3:
+        raise ValueError("teacher_region_logits must be (batch, regions, num_classes)")
+    b, n, k = teacher_region_logits.shape
+    _check_target(target, b, k)
+    if not complementary_weight >= 0:
+        raise ValueError(f"complementary_weight must be >= 0, got {complementary_weight}; the authors use 2")
+    correct = teacher_region_logits.detach().argmax(dim=2) == target.to(teacher_region_logits.device).long()[:, None]
+    complementary = correct != correct[:, :1]  # (B, N); False for the global cell itself
+    ones = torch.ones(b, n, device=teacher_region_logits.device)
+    return torch.where(complementary, ones * complementary_weight, ones)
+
+
+def sdd(
+    student_region_logits: Tensor,
+    teacher_region_logits: Tensor,
+    target: Tensor,
+    temperature: float = 4.0,
+    base: str = "kd",
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    gamma: float = 8.0,
+    complementary_weight: float = 2.0,
+) -> Tensor:
+    """Scale-decoupled distillation: Σ_{i,r} w_ir ℓ(z^s_ir, z^t_ir) / (B·N) over B samples and N cells.
+
+    Wei et al., "Scale Decoupled Distillation" (CVPR 2024, arXiv:2403.13512); docs/methods.md#sdd. Region
+    logits are (B, N, K), region 0 the global logits (the classifier on :func:`sdd_pool` cells); w from
+    :func:`sdd_weights`. ℓ per cell: ``base="kd"`` T^2 KL(σ_T(z^t) || σ_T(z^s)) (SD-KD); ``"dkd"``
+    α TCKD + β NCKD (SD-DKD, :func:`dkd_terms`); ``"nkd"`` target + γ non-target (SD-NKD, :func:`nkd_terms`).
+    With one cell (scales [1]) this is the base loss itself.
+    """
+    _check_regions(student_region_logits, teacher_region_logits)
+    _check_temperature(temperature)
+    if base not in ("kd", "dkd", "nkd"):
+        raise ValueError(f"base must be 'kd', 'dkd' or 'nkd', got {base!r}")
+    b, n, k = student_region_logits.shape
+    _check_target(target, b, k)
+    weights = sdd_weights(teacher_region_logits, target, complementary_weight)
+    zs = student_region_logits.reshape(b * n, k)
+    zt = teacher_region_logits.reshape(b * n, k)
+    y = target.to(zs.device).long().repeat_interleave(n)  # sample-major rows: row i*N + r
+    if base == "kd":
+        log_ps = F.log_softmax(_f32(zs) / temperature, dim=1)
+        log_pt = F.log_softmax(_f32(zt).detach() / temperature, dim=1)
+        per_row = _kl_logs(log_pt, log_ps) * temperature**2
+    elif base == "dkd":
+        tckd, nckd = dkd_terms(zs, zt, y, temperature=temperature, reduction="none")
+        per_row = alpha * tckd + beta * nckd
+    else:
+        target_term, non_target = nkd_terms(zs, zt, y, temperature=temperature, reduction="none")
+        per_row = target_term + gamma * non_target
+    return (weights.reshape(-1) * per_row).sum() / (b * n)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CTKD (Li et al. 2023), docs/methods.md#ctkd
+
+
+class _GradientReversal(torch.autograd.Function):
+    """Identity forward; backward multiplies the incoming gradient by -strength (Ganin & Lempitsky 2015)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, strength: float) -> Tensor:  # type: ignore[override]
+        ctx.strength = strength
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return -ctx.strength * grad, None
+
+
+def reverse_gradient(x: Tensor, strength: float = 1.0) -> Tensor:
+    """Gradient reversal: returns x; the gradient flowing back into x is multiplied by ``-strength``.
+
+    A parameter behind it is moved by SGD to *increase* the loss (CTKD's adversarial temperature,
+    docs/methods.md#ctkd). ``strength`` >= 0; 0 blocks the gradient.
+    """
+    if not isinstance(x, Tensor):
+        raise ValueError(f"reverse_gradient needs a tensor, got {type(x).__name__}")
+    if not strength >= 0:
+        raise ValueError(f"strength must be >= 0, got {strength}; CTKD's curriculum goes from 0 to 1")
+    return _GradientReversal.apply(x, float(strength))
+
+
+def ctkd_strength(epoch: int | float, epochs: int | float = 10, max_strength: float = 1.0) -> float:
+    """CTKD's cosine curriculum of the reversal strength: max · (1 - cos(π·min(e, E)/E)) / 2, 1-indexed epoch e.
+
+    docs/methods.md#ctkd. Equals minus the official ``CosineDecay(max_value=0, min_value=-1, num_loops=E)``
+    value (github.com/zhengli97/CTKD ``train_student.py``), whose sign kdlab's reversal applies instead:
+    about 0.02 at epoch 1 of E = 10, 1 from epoch 10 on. ``epochs <= 0``: full strength from the start.
+    """
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0 (1-indexed training epochs), got {epoch}")
+    if epochs <= 0:
+        return float(max_strength)
+    progress = min(float(epoch), float(epochs)) / float(epochs)
+    return float(max_strength * (1.0 - math.cos(math.pi * progress)) / 2.0)
+
+
+def ctkd(student_logits: Tensor, teacher_logits: Tensor, temperature: Tensor) -> Tensor:
+    """KD with a learned temperature tensor: mean_i T_i^2 KL(σ_{T_i}(z^t_i) || σ_{T_i}(z^s_i)).
+
+    Li et al., "Curriculum Temperature for Knowledge Distillation" (AAAI 2023, arXiv:2211.16231);
+    docs/methods.md#ctkd. ``temperature``: one value (0-d or (1,), a global temperature) or one per sample (B,),
+    all > 0. The gradient reaches it through both softmaxes and the T^2 factor (the official code's
+    ``DistillKL``); the teacher logits are detached. With a constant temperature this is :func:`kd`.
+    """
+    _check_pair("student_logits", student_logits, "teacher_logits", teacher_logits)
+    b = student_logits.shape[0]
+    if not isinstance(temperature, Tensor) or temperature.numel() not in (1, b) or temperature.dim() > 1:
+        shape = tuple(temperature.shape) if isinstance(temperature, Tensor) else type(temperature).__name__
+        raise ValueError(f"temperature must be a tensor of one value or one per sample ({b},), got {shape}")
+    temp = _f32(temperature).reshape(-1, 1).to(student_logits.device)
+    if not bool((temp.detach() > 0).all()):
+        raise ValueError(f"temperature must be > 0, got min {float(temp.detach().min())}")
+    log_ps = F.log_softmax(_f32(student_logits) / temp, dim=1)
+    log_pt = F.log_softmax(_f32(teacher_logits).detach() / temp, dim=1)
+    return (_kl_logs(log_pt, log_ps) * temp.squeeze(1) ** 2).mean()

@@ -72,10 +72,21 @@ class Method(nn.Module):
     # KD-SVD and MHGD clip their gradient per parameter to ‖∇CE‖·sigmoid(epoch), epoch 0-indexed as in the
     # authors' code (github.com/sseung0703/KD_methods_with_TF, .../MHGD), so 0.5·‖∇CE‖ in the first epoch.
     clip_to_ce: ClassVar[bool] = False
+    # Hyperparameters counted in epochs -> the run length their default was published for (DKD's warm-up of 20
+    # epochs in mdistiller's 240-epoch CIFAR recipe). A run of another length scales the default (see
+    # `fit_to_run`); a value the user sets is kept.
+    epoch_hparams: ClassVar[dict[str, int]] = {}
 
     def __init__(self, **hparams: Any):
         super().__init__()
         self.hp = self.check_hparams(hparams)
+        self.given = frozenset(hparams)  # the hyperparameters set explicitly, not defaulted
+
+    def fit_to_run(self, epochs: int) -> None:
+        """Scale the defaulted `epoch_hparams` to a run of `epochs` epochs (0: length unknown, keep them)."""
+        for key, reference in self.epoch_hparams.items():
+            if key not in self.given and epochs > 0 and epochs != reference and self.hp[key] > 0:
+                self.hp[key] = max(1, int(self.defaults[key] * epochs / reference + 0.5))
 
     @classmethod
     def check_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:

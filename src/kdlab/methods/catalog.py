@@ -12,7 +12,7 @@ from kdlab.methods import aliases, get, list_methods
 _REFERENCE_POINTS = {
     "stem": "stem", "stage1": "stage1", "stage2": "stage2", "stage3": "stage3",
     "stage1_pre": "stage1.x.preact", "stage2_pre": "stage2.x.preact", "stage3_pre": "stage3.x.preact",
-    "embedding": "flatten", "classifier": "classifier",
+    "final_map": "stage3", "embedding": "flatten", "classifier": "classifier",
 }
 
 

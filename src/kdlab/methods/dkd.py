@@ -28,6 +28,7 @@ class DKD(Method):
                 "standardize": False}
     positive = ("temperature",)
     ce_weight = 1.0
+    epoch_hparams = {"warmup": 240}  # 20 of mdistiller's 240 CIFAR epochs; scaled to the run's length
 
     def scale(self, epoch: int) -> float:
         return losses.dkd_warmup(epoch, self.hp["warmup"])

@@ -65,8 +65,9 @@ class KDSVD(StageMethod):
         try:
             return {"kdsvd": losses.kdsvd(mapped, t, k=self.hp["k"])}
         except torch.linalg.LinAlgError:
-            # float32 eigh of a C x C Gram matrix of rank <= H*W can fail to converge when H*W << C (e.g. a
-            # VGG teacher's 512-channel 1x1 maps on 8x8 digits): name the shapes, not a LAPACK traceback.
+            # float32 eigh can fail to converge on ill-conditioned Gram matrices (the loss decomposes the smaller
+            # of C x C and HW x HW, which avoids the rank-deficient C x C case): name the shapes, not a LAPACK
+            # traceback.
             pairs = ", ".join(f"{sn} {tuple(x.shape[1:])} -> {tn} {tuple(y.shape[1:])}"
                               for sn, tn, x, y in zip(self.student_stages, self.teacher_stages, s, t, strict=True))
             worst = min(t, key=lambda y: y.shape[-2] * y.shape[-1] / y.shape[1])

@@ -84,6 +84,7 @@ class ReviewKD(Method):
     name = "reviewkd"
     paper = "Chen et al. Distilling Knowledge via Knowledge Review. CVPR 2021 (arXiv:2104.09044)"
     defaults = {"weight": 5.0, "warmup": 20, "max_mid_channels": 512}
+    epoch_hparams = {"warmup": 240}  # 20 of mdistiller's 240 CIFAR epochs; scaled to the run's length
     ce_weight = 1.0
     uses_teacher_logits = False
 

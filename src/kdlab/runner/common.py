@@ -20,6 +20,7 @@ from kdlab.engine import checkpoint as ckpt
 from kdlab.engine.distributed import Context, on_main
 from kdlab.engine.objectives import StepOutput, SupervisedObjective
 from kdlab.engine.precision import pick_device, precision_warning
+from kdlab.engine.schedule import describe as describe_schedule
 from kdlab.engine.trainer import Trainer
 from kdlab.errors import KdlabError
 
@@ -45,10 +46,6 @@ def setup_runtime(config: Config, distributed: Context | None = None) -> torch.d
     if warning and (distributed is None or distributed.rank == 0):
         print(f"kdlab: warning: {warning}", file=sys.stderr)
     return device
-
-
-
-
 
 
 def build_data(config: Config, device: torch.device, distributed: Context | None = None):
@@ -154,8 +151,6 @@ def refuse_compile(config: Config, command: str) -> None:
         raise KdlabError(f"--compile (compile=true) works with kdlab train only; {command} runs eager, so drop it")
 
 
-
-
 def fit(trainer: Trainer, config: Config, run_dir: Path, resume: bool) -> dict[str, Any]:
     """Fit `trainer` in `run_dir`: with `resume`, continue from its last.pt if there is one (saying so when the
     run has no epochs left); write config.yaml (rank 0); train. Returns the summary with `run_dir` added.
@@ -167,24 +162,8 @@ def fit(trainer: Trainer, config: Config, run_dir: Path, resume: bool) -> dict[s
                   f"--extend-to N to train it longer)", file=sys.stderr)
     if trainer.is_main:  # only rank 0 writes the run directory
         dump(config, run_dir / "config.yaml")
+        if not trainer.quiet:
+            print(describe_schedule(config.optim, trainer.base_lr), flush=True)
     summary = trainer.fit()
     summary["run_dir"] = str(run_dir)
     return summary
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

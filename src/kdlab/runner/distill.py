@@ -46,6 +46,7 @@ def run_distill(config: Config, resume: bool = False, quiet: bool = False) -> di
         train_indices=getattr(getattr(train_loader, "dataset", None), "indices", None),
         epochs=config.optim.epochs, num_classes=info.num_classes, student_input=view,
         teacher_mix=config.teacher_mix).to(device)
+    record_run_length_defaults(config, objective, quiet or (dist is not None and not dist.is_main))
     # --cache-teacher: refuse non-deterministic inputs; load the disk cache or size the new one before training.
     attach_teacher_cache(config, objective, train_loader, (info.in_channels, info.image_size, info.image_size),
                          device, dist, quiet)
@@ -56,11 +57,30 @@ def run_distill(config: Config, resume: bool = False, quiet: bool = False) -> di
     return fit(trainer, config, run_dir, resume)
 
 
+def record_run_length_defaults(config: Config, objective: DistillationLoss, quiet: bool) -> None:
+    """Put the defaults that followed the run's length into the config, so config.yaml says what ran: the
+    init stage's epochs and each method's scaled `epoch_hparams` (DKD's warm-up), each said in one line."""
+    notes = []
+    if objective.init_methods() and config.init_epochs is None:
+        config.init_epochs = init_epochs(config)
+    for m in objective.methods:
+        for key, reference in m.epoch_hparams.items():
+            if key not in m.given and m.hp[key] != m.defaults[key]:
+                config.methods.setdefault(m.name, {})[key] = m.hp[key]
+                notes.append(f"{m.name}.{key} {m.hp[key]} (the default {m.defaults[key]} is for {reference} "
+                             f"epochs; set method.{m.name}.{key} to choose)")
+    if notes and not quiet:
+        print(f"scaled to {config.optim.epochs} epochs: {'; '.join(notes)}", flush=True)
+
+
 def init_epochs(config: Config) -> int:
-    """Epochs of the init stage: --init-epochs, else 30 on CIFAR (CRD's benchmark) and 5 elsewhere."""
+    """Epochs of the init stage: --init-epochs, else on CIFAR 30 for the 240-epoch recipe (CRD's benchmark),
+    scaled to the run's length (4 for 30 epochs), and 5 elsewhere."""
     if config.init_epochs is not None:
         return config.init_epochs
-    return 30 if config.data.name in ("cifar10", "cifar100") else 5
+    if config.data.name in ("cifar10", "cifar100"):
+        return max(1, int(30 * config.optim.epochs / 240 + 0.5))
+    return 5
 
 
 def run_init_stage(config: Config, objective, train_loader, test_loader, run_dir: Path, arch, device,
