@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model with cross-entropy (a teacher or a baseline student)")
     _common_run_args(p)
+    p.add_argument("--weights", help="start from these weights (a state_dict file or a kdlab checkpoint); a "
+                   "classifier for another number of classes is replaced by a new one")
     _resolution_args(p)
 
     p = sub.add_parser("distill", help="distill a trained teacher into a student")
@@ -54,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", action="append", help="teacher checkpoint (a kdlab last.pt/best.pt)")
     p.add_argument("--teacher-model", help="architecture of an outside teacher (with --teacher-weights)")
     p.add_argument("--teacher-weights", help="local weights file of the outside teacher")
+    p.add_argument("--student-weights", dest="weights", help="start the student from these weights (a state_dict "
+                   "file or a kdlab checkpoint); a classifier for another number of classes is replaced")
     p.add_argument("--method", help="method name or combination, e.g. kd, dkd, dist, kd+at")
     p.add_argument("--ce-weight", type=float, help="cross-entropy weight (default: the method's)")
     p.add_argument("--init-epochs", type=int, help="epochs of a method's initialisation stage")
@@ -107,7 +111,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", metavar="DIR", help="also write PNG plots (curves, accuracy vs ECE, reliability)")
     p.add_argument("--epoch", default="both", help="best | last | both (default both, each labelled)")
     p.add_argument("--metrics", default="top1,ece", help="comma list of top1, top5, nll, ece (default top1,ece)")
+    _deploy_parsers(sub)
     return parser
+
+
+def _deploy_parsers(sub) -> None:
+    """export, quantize, profile (kdlab.deploy; docs/deploy.md)."""
+    p = sub.add_parser("export", help="export a run's model to ONNX, TorchScript or PT2, checked against PyTorch")
+    p.add_argument("source", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("--format", default="onnx", help="onnx (default) | torchscript | pt2")
+    p.add_argument("--out", required=True, help="file to write (its preprocessing goes to FILE.json)")
+    p.add_argument("--member", help="a mutual cohort's student: index or name")
+    p.add_argument("--check", type=int, default=8, metavar="N", help="test images the export is checked on")
+    p.add_argument("--data", help="also compare the exported model's test top-1 with PyTorch's on this dataset")
+    p.add_argument("--data-root")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--force", action="store_true", help="replace an existing FILE")
+
+    p = sub.add_parser("quantize", help="int8 static post-training quantization of a run's model (ONNX Runtime)")
+    p.add_argument("source", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("--calibration", type=int, default=512, metavar="N", help="training images to calibrate on")
+    p.add_argument("--out", required=True, help="int8 ONNX file to write (preprocessing in FILE.json)")
+    p.add_argument("--member", help="a mutual cohort's student: index or name")
+    p.add_argument("--data", help="dataset (default: the run's)")
+    p.add_argument("--data-root")
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (default per channel)")
+    p.add_argument("--force", action="store_true", help="replace an existing FILE")
+
+    p = sub.add_parser("profile", help="parameters, MACs, sizes, latency, top-1/ECE of runs and their teachers")
+    p.add_argument("paths", nargs="+", metavar="RUNS")
+    p.add_argument("--data", help="dataset for the int8 accuracy and calibration (default: each run's)")
+    p.add_argument("--data-root")
+    p.add_argument("--format", default="markdown", help="markdown (default) | csv")
+    p.add_argument("--out", help="write the table to this file instead of printing it")
+    p.add_argument("--plot", metavar="FILE", help="also write top-1 against latency with the Pareto front (PNG)")
+    p.add_argument("--calibration", type=int, default=256, metavar="N", help="training images for the int8 model")
+    p.add_argument("--repeats", type=int, default=50, help="timed calls per measurement")
+    p.add_argument("--warmup", type=int, default=10, help="untimed calls before each measurement")
+    p.add_argument("--threads", type=int, help="threads for PyTorch and ONNX Runtime (default: torch's)")
 
 
 def _resolution_args(p: argparse.ArgumentParser) -> None:
@@ -128,7 +169,7 @@ FLAG_KEYS = {  # argparse dest -> config key
     "batch_size": "data.batch_size", "lr": "optim.lr", "precision": "precision", "fraction": "data.fraction",
     "seed": "seed", "out": "out", "channels_last": "channels_last", "compile": "compile",
     "deterministic": "deterministic", "device": "device", "threads": "threads", "teacher": "teachers",
-    "teacher_model": "teacher_model", "teacher_weights": "teacher_weights", "method": "method",
+    "teacher_model": "teacher_model", "teacher_weights": "teacher_weights", "method": "method", "weights": "weights",
     "ce_weight": "ce_weight", "init_epochs": "init_epochs", "teacher_mix": "teacher_mix",
     "cache_teacher": "cache_teacher", "extend_to": "optim.extend_to",
     "student_resolution": "data.student_resolution", "downscale": "data.downscale",
@@ -167,6 +208,8 @@ def _refuse_conflicts(args: argparse.Namespace, flags: dict[str, Any], overrides
             flag = "--" + dest.replace("_", "-")
             if dest == "model":
                 flag = {"distill": "--student", "mutual": "--models"}.get(getattr(args, "command", None), "--model")
+            elif dest == "weights" and getattr(args, "command", None) == "distill":
+                flag = "--student-weights"
             given = getattr(args, dest)
             flag_text = flag if given is True else f"{flag} {_yaml(given)}"
             item = next((o for o in reversed(args.overrides) if o.split("=", 1)[0].strip() == key),
@@ -307,6 +350,44 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.out, epochs=args.epochs, force=args.force)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from kdlab.deploy.export import export_run
+
+    export_run(args.source, args.out, args.format, member=args.member, check=args.check, data=args.data,
+               data_root=args.data_root, force=args.force, opset=args.opset, log=_deploy_log)
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from kdlab.deploy.quantize import quantize_run
+
+    quantize_run(args.source, args.out, args.calibration, member=args.member, data=args.data,
+                 data_root=args.data_root, force=args.force, per_channel=not args.per_tensor, log=_deploy_log)
+
+
+def cmd_profile(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from kdlab.deploy.files import claim_target
+    from kdlab.deploy.profile import profile
+
+    if args.out:
+        claim_target(args.out, flag="--out", can_force=False)
+    text = profile(args.paths, data=args.data, data_root=args.data_root, fmt=args.format, plot=args.plot,
+                   calibration=args.calibration, warmup=args.warmup, repeats=args.repeats, threads=args.threads,
+                   log=lambda line: print(line, file=sys.stderr))
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"profile written to {args.out}")
+    else:
+        print(text, end="")
+    if args.plot:
+        print(f"plot written to {args.plot}")
+
+
+def _deploy_log(line: str) -> None:
+    print(line, file=sys.stderr if line.startswith("kdlab: ") else sys.stdout)
+
+
 def cmd_sweep(args: argparse.Namespace) -> None:
     from kdlab.experiments.sweep import run_sweep
 
@@ -317,6 +398,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {  # command name -> its handler
     "train": cmd_train, "distill": cmd_distill, "mutual": cmd_mutual, "eval": cmd_eval,
     "calibration": cmd_calibration, "list": cmd_list, "demo": cmd_demo, "sweep": cmd_sweep, "report": cmd_report,
+    "export": cmd_export, "quantize": cmd_quantize, "profile": cmd_profile,
 }
 
 

@@ -80,6 +80,9 @@ class Config:
     threads: int | None = None
     log_every: int = 50
     sync_bn: bool = False  # torchrun on GPUs: SyncBatchNorm in the trained models (refused on CPU)
+    # initial weights of the trained model (the student): a state_dict file or a kdlab checkpoint; a classifier
+    # for another class count is replaced by a freshly initialised one (fine-tuning)
+    weights: str | None = None
     # distillation
     teachers: list[str] = field(default_factory=list)  # kdlab checkpoints
     teacher_model: str | None = None  # outside teacher: architecture name ...

@@ -181,12 +181,15 @@ def create(
     in_channels: int = 3,
     image_size: int = 32,
     weights: str | Path | None = None,
+    new_head: bool = False,
 ) -> nn.Module:
     """Build model ``name`` for ``num_classes`` classes on ``in_channels`` x ``image_size``² inputs.
 
     ``image_size`` plans downsampling so small inputs (8x8 digits, 28x28 MNIST) never collapse below 1x1.
     ``weights`` is a local file (a state_dict, or a dict holding one under 'state_dict'/'model');
-    nothing is downloaded. The returned model's forward gives logits only.
+    nothing is downloaded. With ``new_head``, weights whose classifier has another class count load into
+    everything but the classifier, which stays freshly initialised (fine-tuning on new classes); the model
+    then carries the note in ``model.kdlab_weights_note``. The returned model's forward gives logits only.
     """
     _positive_int(num_classes, "num_classes")
     _positive_int(in_channels, "in_channels")
@@ -198,8 +201,19 @@ def create(
     else:
         model = _zoo_spec(name).builder(num_classes, in_channels, image_size)
     if weights is not None:
-        load_weights(model, weights, name, input_conv)
+        head = _classifier_path(model) if new_head else None
+        note = load_weights(model, weights, name, input_conv, new_head=head)
+        if note:
+            model.kdlab_weights_note = note
     return model
+
+
+def _classifier_path(model: nn.Module) -> str | None:
+    """Module path of the model's final classifier (its `classifier` tap), or None when it declares none."""
+    try:
+        return tap_points(model).get("classifier")
+    except KdlabError:
+        return None
 
 
 def _unwrap(model: nn.Module) -> tuple[nn.Module, str]:

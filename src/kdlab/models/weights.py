@@ -15,8 +15,11 @@ from kdlab.errors import KdlabError
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / torch.compile
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state_dict at ``path``: a bare state_dict, or one held under 'state_dict' or 'model'."""
+def read_state_dict(path: str | Path, kdlab_checkpoints: bool = False) -> dict[str, torch.Tensor]:
+    """The state_dict at ``path``: a bare state_dict, or one held under 'state_dict' or 'model'.
+
+    A kdlab checkpoint is refused (a teacher is passed as ``--teacher``, which reads its architecture) unless
+    ``kdlab_checkpoints``: then its model weights are returned (initial weights of a model to fine-tune)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise KdlabError(f"weights file '{path}' not found; pass the path of a saved state_dict (.pt/.pth)")
@@ -34,7 +37,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise KdlabError(
             f"cannot read weights file '{path}' ({reason}); save it with torch.save(model.state_dict(), path)"
         ) from None
-    if isinstance(data, Mapping) and isinstance(data.get("arch"), Mapping) and "kdlab_version" in data:
+    if (isinstance(data, Mapping) and isinstance(data.get("arch"), Mapping) and "kdlab_version" in data
+            and not kdlab_checkpoints):
         raise KdlabError(f"'{path}' is a kdlab checkpoint (a {data['arch'].get('model')}): pass it as --teacher "
                          f"{path}, which reads its architecture, instead of --teacher-model/--teacher-weights")
     for key in ("state_dict", "model"):
@@ -62,15 +66,33 @@ def _adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
 
 
-def load_weights(model: nn.Module, path: str | Path, name: str, input_conv: str | None = None) -> None:
+def load_weights(model: nn.Module, path: str | Path, name: str, input_conv: str | None = None,
+                 new_head: str | None = None) -> str | None:
     """Load the weights at ``path`` into ``model`` (model ``name``), failing clearly on any mismatch.
 
     When ``input_conv`` names a first conv that was rebuilt for another channel count and the file holds
     3-channel weights for it, they are adapted (summed over RGB for grayscale), so ImageNet weights
-    still serve 1-channel inputs.
+    still serve 1-channel inputs. With ``new_head`` (the module path of the final Linear classifier), a file
+    whose classifier has another number of classes loads everything else and keeps the model's freshly
+    initialised classifier: the usual fine-tuning of a pretrained model on new classes. It also accepts a
+    kdlab checkpoint then (its model weights). Returns a note saying what was replaced, or None.
     """
-    state = read_state_dict(path)
+    state = read_state_dict(path, kdlab_checkpoints=new_head is not None)
     expected = model.state_dict()
+    note = None
+    if new_head is not None:
+        head = [f"{new_head}.weight", f"{new_head}.bias"]
+        if all(k in state and k in expected for k in head[:1]) and state[head[0]].shape != expected[head[0]].shape:
+            if state[head[0]].shape[1:] != expected[head[0]].shape[1:]:
+                raise KdlabError(f"weights file '{path}' has a classifier on {tuple(state[head[0]].shape[1:])} "
+                                 f"features, model '{name}' on {tuple(expected[head[0]].shape[1:])}; use weights of "
+                                 f"the same architecture")
+            note = (f"new classifier '{new_head}' for {expected[head[0]].shape[0]} classes (the weights file's has "
+                    f"{state[head[0]].shape[0]}); every other weight loaded from '{path}'")
+            for k in head:
+                state.pop(k, None)
+                if k in expected:
+                    state[k] = expected[k]
     key = f"{input_conv}.weight" if input_conv else None
     if key and key in state and key in expected:
         have, want = state[key], expected[key]
@@ -96,3 +118,4 @@ def load_weights(model: nn.Module, path: str | Path, name: str, input_conv: str 
             "use weights saved from the same architecture, num_classes and in_channels"
         )
     model.load_state_dict(state)
+    return note

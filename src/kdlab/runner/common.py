@@ -133,6 +133,20 @@ class LowResolutionObjective(SupervisedObjective):
         return super().forward(self.view(images), targets, indices, epoch)
 
 
+def create_trained_model(config: Config, info: Any, image_size: int, run_dir: Path, resume: bool,
+                         quiet: bool) -> nn.Module:
+    """The model a run trains (`config.model`), started from `config.weights` when given: a pretrained model
+    to fine-tune, whose classifier is replaced when the class count differs (said in one line). A resumed run
+    takes its weights from last.pt instead, so the file is not read then."""
+    resuming = resume and (Path(run_dir) / "last.pt").exists()
+    model = models.create(config.model, info.num_classes, in_channels=info.in_channels, image_size=image_size,
+                          weights=None if resuming else config.weights, new_head=True)
+    note = getattr(model, "kdlab_weights_note", None)
+    if note and not quiet and int(os.environ.get("RANK", "0")) == 0:
+        print(f"kdlab: {note}", file=sys.stderr, flush=True)
+    return model
+
+
 def prepare_model(model: nn.Module, config: Config, device: torch.device) -> nn.Module:
     model = model.to(device)
     if config.channels_last:

@@ -7,7 +7,6 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from kdlab import models
 from kdlab.config import Config
 from kdlab.distillation.loss import DistillationLoss
 from kdlab.distillation.teacher_cache import attach_teacher_cache
@@ -17,7 +16,16 @@ from kdlab.engine.trainer import Trainer
 from kdlab.errors import KdlabError
 from kdlab.methods import parse
 from kdlab.runner.checkpoints import load_teachers
-from kdlab.runner.common import arch_of, build_data, fit, prepare_model, refuse_compile, setup_runtime, student_view
+from kdlab.runner.common import (
+    arch_of,
+    build_data,
+    create_trained_model,
+    fit,
+    prepare_model,
+    refuse_compile,
+    setup_runtime,
+    student_view,
+)
 
 
 @process_group  # under torchrun: joins the process group for the run (docs/distributed.md)
@@ -36,8 +44,8 @@ def run_distill(config: Config, resume: bool = False, quiet: bool = False) -> di
                     else (config.teacher_model or "none"))
     run_dir = on_main(dist, prepare_run_dir, config.out,
                       f"{config.method}-{teacher_name}-{config.model}-s{config.seed}", resume)
-    student = prepare_model(models.create(config.model, info.num_classes, in_channels=info.in_channels,
-                                          image_size=view.size if view else info.image_size), config, device)
+    student = prepare_model(create_trained_model(config, info, view.size if view else info.image_size, run_dir,
+                                                 resume, quiet), config, device)
     student = convert_sync_bn(student, config.sync_bn, device)
     objective = DistillationLoss(
         teachers or None, student, method=config.method, ce_weight=config.ce_weight,

@@ -22,6 +22,9 @@ def run_mutual(config: Config, model_names: list[str], variant: str = "dml", res
     if len(model_names) < 2:
         raise KdlabError("deep mutual learning needs at least 2 students; pass --models a,b[,c...]")
     refuse_compile(config, "kdlab mutual")
+    if config.weights:
+        raise KdlabError("kdlab mutual trains every cohort member from scratch; drop weights= (start a single "
+                         "student from weights with kdlab train --weights or kdlab distill --student-weights)")
     dist = current()
     device = setup_runtime(config, dist)
     train_loader, test_loader, info = build_data(config, device, dist)

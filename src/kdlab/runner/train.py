@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdlab import models
 from kdlab.config import Config
 from kdlab.engine.distributed import convert_sync_bn, current, on_main, process_group
 from kdlab.engine.objectives import SupervisedObjective
@@ -14,6 +13,7 @@ from kdlab.runner.common import (
     LowResolutionObjective,
     arch_of,
     build_data,
+    create_trained_model,
     fit,
     maybe_compile,
     prepare_model,
@@ -30,8 +30,8 @@ def run_train(config: Config, resume: bool = False, quiet: bool = False) -> dict
     train_loader, test_loader, info = build_data(config, device, dist)
     view = student_view(config, info)  # --student-resolution: the low-resolution baseline
     run_dir = on_main(dist, prepare_run_dir, config.out, f"{config.model}-{info.name}-s{config.seed}", resume)
-    model = prepare_model(models.create(config.model, info.num_classes, in_channels=info.in_channels,
-                                        image_size=view.size if view else info.image_size), config, device)
+    model = prepare_model(create_trained_model(config, info, view.size if view else info.image_size, run_dir, resume,
+                                               quiet), config, device)
     model = convert_sync_bn(model, config.sync_bn, device)
     objective = (SupervisedObjective(maybe_compile(model, config)) if view is None
                  else LowResolutionObjective(maybe_compile(model, config), view))
