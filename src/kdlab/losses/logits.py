@@ -198,6 +198,30 @@ def average_teacher_probs(
 # DKD (Zhao et al. 2022), docs/methods.md#dkd
 
 
+def _non_target_columns(target: Tensor, num_classes: int, device: torch.device) -> Tensor:
+    """(B, K-1) column indices of each row's non-target classes, in class order (static shape)."""
+    y = target.to(device).long().unsqueeze(1)
+    cols = torch.arange(num_classes - 1, device=device).unsqueeze(0)
+    return cols + (cols >= y).long()
+
+
+def _check_target_terms(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float,
+                        reduction: str) -> tuple[int, int]:
+    """(B, K) of a pair of (B, K) logits with their targets, for the losses split into target/non-target terms."""
+    _check_pair("student_logits", student_logits, "teacher_logits", teacher_logits)
+    _check_temperature(temperature)
+    b, k = student_logits.shape
+    _check_target(target, b, k)
+    if reduction not in ("batchmean", "none"):
+        raise ValueError(f"reduction must be 'batchmean' or 'none', got {reduction!r}")
+    return b, k
+
+
+def _reduced(first: Tensor, second: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
+    """Per-sample terms, or their batch means."""
+    return (first.mean(), second.mean()) if reduction == "batchmean" else (first, second)
+
+
 def dkd_terms(
     student_logits: Tensor,
     teacher_logits: Tensor,
@@ -217,18 +241,11 @@ def dkd_terms(
     inputs; and the non-target softmax drops the target column of z/T instead of subtracting 1000 from it
     (the official mask, applied after dividing by T, equals this up to e^-1000 but fails once |z/T| > ~1000).
     """
-    _check_pair("student_logits", student_logits, "teacher_logits", teacher_logits)
-    _check_temperature(temperature)
-    b, k = student_logits.shape
-    _check_target(target, b, k)
-    if reduction not in ("batchmean", "none"):
-        raise ValueError(f"reduction must be 'batchmean' or 'none', got {reduction!r}")
+    b, k = _check_target_terms(student_logits, teacher_logits, target, temperature, reduction)
     zs = _f32(student_logits) / temperature
     zt = _f32(teacher_logits).detach() / temperature
     y = target.to(zs.device).long().unsqueeze(1)  # (B, 1)
-    # column indices of the K-1 non-target classes per row (static shape, no boolean indexing)
-    cols = torch.arange(k - 1, device=zs.device).unsqueeze(0)
-    other = cols + (cols >= y).long()  # (B, K-1)
+    other = _non_target_columns(target, k, zs.device)  # (B, K-1), static shape, no boolean indexing
 
     def binary_and_nontarget(z: Tensor) -> tuple[Tensor, Tensor]:
         lse_all = torch.logsumexp(z, dim=1)
@@ -243,9 +260,7 @@ def dkd_terms(
     log_bt, log_hat_t = binary_and_nontarget(zt)
     tckd = _kl_logs(log_bt, log_bs) * temperature**2
     nckd = _kl_logs(log_hat_t, log_hat_s) * temperature**2
-    if reduction == "batchmean":
-        return tckd.mean(), nckd.mean()
-    return tckd, nckd
+    return _reduced(tckd, nckd, reduction)
 
 
 def dkd(
@@ -583,13 +598,6 @@ def dml_ensemble(logits: Sequence[Tensor], index: int, temperature: float = 1.0)
 # helpers of the target / non-target split shared by NKD and SDD (docs/methods.md#nkd, #sdd)
 
 
-def _non_target_columns(target: Tensor, num_classes: int, device: torch.device) -> Tensor:
-    """(B, K-1) column indices of each row's non-target classes, in class order (static shape)."""
-    y = target.to(device).long().unsqueeze(1)
-    cols = torch.arange(num_classes - 1, device=device).unsqueeze(0)
-    return cols + (cols >= y).long()
-
-
 # ----------------------------------------------------------------------------------------------------------
 # NKD (Yang et al. 2023), docs/methods.md#nkd
 
@@ -611,12 +619,7 @@ def nkd_terms(
     their gradients are those of the corresponding KLs, but the values do not reach 0 when the student
     matches the teacher.
     """
-    _check_pair("student_logits", student_logits, "teacher_logits", teacher_logits)
-    _check_temperature(temperature)
-    b, k = student_logits.shape
-    _check_target(target, b, k)
-    if reduction not in ("batchmean", "none"):
-        raise ValueError(f"reduction must be 'batchmean' or 'none', got {reduction!r}")
+    b, k = _check_target_terms(student_logits, teacher_logits, target, temperature, reduction)
     zs = _f32(student_logits)
     zt = _f32(teacher_logits).detach()
     y = target.to(zs.device).long().unsqueeze(1)
@@ -627,9 +630,7 @@ def nkd_terms(
     log_hat_s = F.log_softmax(zs.gather(1, other) / temperature, dim=1)
     hat_t = F.softmax(zt.gather(1, other) / temperature, dim=1)
     non_target = -(hat_t * log_hat_s).sum(dim=1) * temperature**2
-    if reduction == "batchmean":
-        return target_term.mean(), non_target.mean()
-    return target_term, non_target
+    return _reduced(target_term, non_target, reduction)
 
 
 def nkd(

@@ -151,4 +151,12 @@ class Method(nn.Module):
         raise NotImplementedError
 
 
-__all__ = ["Method", "BuildContext", "DistillBatch", "LOGITS"]
+class EmbeddingMethod(Method):
+    """A method reading the pooled embeddings of both networks (their classifiers' input), not the logits."""
+
+    uses_teacher_logits = False
+    student_tap_names = ("embedding",)
+    teacher_tap_names = ("embedding",)
+
+
+__all__ = ["Method", "EmbeddingMethod", "BuildContext", "DistillBatch", "LOGITS"]

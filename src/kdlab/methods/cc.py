@@ -15,12 +15,12 @@ from torch import nn
 from kdlab import losses
 from kdlab.errors import KdlabError
 from kdlab.methods import register
-from kdlab.methods.base import BuildContext, DistillBatch, Method
+from kdlab.methods.base import BuildContext, DistillBatch, EmbeddingMethod
 from kdlab.methods.stages import flat_width
 
 
 @register
-class CC(Method):
+class CC(EmbeddingMethod):
     """Correlation congruence (Peng et al., ICCV 2019) on 128-d linear embeddings of the pooled features of
     both networks; both heads are trainable, as in RepDistiller (`LinearEmbed`).
 
@@ -38,9 +38,6 @@ class CC(Method):
     defaults = {"weight": 100.0, "variant": "paper", "gamma": 0.4, "order": 2, "feat_dim": 128}
     variant_weights = {"paper": 100.0, "repdistiller": 0.02}
     ce_weight = 1.0
-    uses_teacher_logits = False
-    student_tap_names = ("embedding",)
-    teacher_tap_names = ("embedding",)
 
     def __init__(self, **hparams: Any):
         super().__init__(**hparams)

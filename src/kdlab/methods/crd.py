@@ -19,7 +19,7 @@ from torch import nn
 
 from kdlab.errors import KdlabError
 from kdlab.methods import register
-from kdlab.methods.base import BuildContext, DistillBatch, Method
+from kdlab.methods.base import BuildContext, DistillBatch, EmbeddingMethod
 from kdlab.methods.crd_memory import CRDMemory
 from kdlab.methods.stages import flat_width
 
@@ -36,7 +36,7 @@ class Embed(nn.Module):
 
 
 @register
-class CRD(Method):
+class CRD(EmbeddingMethod):
     """Contrastive representation distillation (Tian, Krishnan, Isola, ICLR 2020).
 
     s = normalize(W_s f_s), t = normalize(W_t f_t) (128-d, both heads trainable; the teacher head gets
@@ -56,9 +56,6 @@ class CRD(Method):
     defaults = {"weight": 0.8, "feat_dim": 128, "num_negatives": 16384, "temperature": 0.07, "momentum": 0.5,
                 "mode": "bank", "queue_size": 0}
     ce_weight = 1.0
-    uses_teacher_logits = False
-    student_tap_names = ("embedding",)
-    teacher_tap_names = ("embedding",)
 
     def __init__(self, **hparams: Any):
         super().__init__(**hparams)

@@ -18,7 +18,7 @@ from torch import nn
 from kdlab import losses
 from kdlab.errors import KdlabError
 from kdlab.methods import register
-from kdlab.methods.base import BuildContext, DistillBatch, Method
+from kdlab.methods.base import BuildContext, DistillBatch, EmbeddingMethod
 from kdlab.methods.stages import flat_width
 
 
@@ -35,7 +35,7 @@ class VarianceBranch(nn.Module):
 
 
 @register
-class PAD(Method):
+class PAD(EmbeddingMethod):
     """PAD-L2 on the pooled embeddings, after an L2 stage: weight·(l2_weight·MSE) then weight·PAD-L2.
 
     Epochs 1..round(l2_fraction·epochs) train CE + l2_weight·MSE(f_s, f_t) (torchdistill `ce_l2`, 90 of its
@@ -49,9 +49,6 @@ class PAD(Method):
     paper = "Zhang et al. Prime-Aware Adaptive Distillation. ECCV 2020 (arXiv:2008.01458)"
     defaults = {"weight": 1.0, "l2_weight": 15.0, "l2_fraction": 0.75, "eps": 1e-6}
     ce_weight = 1.0
-    uses_teacher_logits = False
-    student_tap_names = ("embedding",)
-    teacher_tap_names = ("embedding",)
 
     def __init__(self, **hparams: Any):
         super().__init__(**hparams)

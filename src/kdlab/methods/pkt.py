@@ -12,11 +12,11 @@ import torch
 
 from kdlab import losses
 from kdlab.methods import register
-from kdlab.methods.base import DistillBatch, Method
+from kdlab.methods.base import DistillBatch, EmbeddingMethod
 
 
 @register
-class PKT(Method):
+class PKT(EmbeddingMethod):
     """Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018): KL between the cosine-similarity
     conditional distributions of the pooled embeddings, mean over B² entries.
 
@@ -29,9 +29,6 @@ class PKT(Method):
              "(arXiv:1803.10837)")
     defaults = {"weight": 30000.0}
     ce_weight = 1.0
-    uses_teacher_logits = False
-    student_tap_names = ("embedding",)
-    teacher_tap_names = ("embedding",)
 
     def forward(self, batch: DistillBatch) -> dict[str, torch.Tensor]:
         return {"pkt": losses.pkt(batch.student["embedding"], batch.teacher["embedding"])}

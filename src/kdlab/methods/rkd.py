@@ -11,11 +11,11 @@ import torch
 
 from kdlab import losses
 from kdlab.methods import register
-from kdlab.methods.base import DistillBatch, Method
+from kdlab.methods.base import DistillBatch, EmbeddingMethod
 
 
 @register
-class RKD(Method):
+class RKD(EmbeddingMethod):
     """Relational KD (Park et al., CVPR 2019): distance_weight·L_D + angle_weight·L_A on the pooled
     embeddings (not L2-normalised, as RepDistiller/mdistiller; the TF benchmark normalises).
 
@@ -27,9 +27,6 @@ class RKD(Method):
     paper = "Park, Kim, Lu, Cho. Relational Knowledge Distillation. CVPR 2019 (arXiv:1904.05068)"
     defaults = {"weight": 1.0, "distance_weight": 25.0, "angle_weight": 50.0}
     ce_weight = 1.0
-    uses_teacher_logits = False
-    student_tap_names = ("embedding",)
-    teacher_tap_names = ("embedding",)
 
     def forward(self, batch: DistillBatch) -> dict[str, torch.Tensor]:
         s, t = batch.student["embedding"], batch.teacher["embedding"]
