@@ -18,6 +18,10 @@ with a warm teacher-output cache (`--cache-teacher`, which needs fixed augmentat
 for all epochs), reported with its own check because it trains on less varied inputs than the reference.
 The reference's DataLoader workers persist across repeats and warm-up steps are excluded, so its worker
 start-up is never counted against it.
+torchdistill, the maintained KD library users would otherwise pick, runs its own KD step side by side when it
+is installed (`pip install 'kdlab[bench]'`; benchmarks/torchdistill_step.py says what it runs), one case per
+worker count as the reference. Targets: kdlab fp32 >= 1.2x torchdistill, and kdlab in its fastest mode >= 2x
+torchdistill where bf16 is native.
 The arithmetic ceiling section puts the target in terms of the hardware: the reference step's FLOPs per image
 (counted by torch.utils.flop_counter: teacher forward + student forward and backward) times the reference's rate
 is the GFLOP/s it sustains; a large fp32 matrix product measured in the same run is the CPU's practical fp32 peak.
@@ -39,6 +43,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+import torchdistill_step
 from common import (
     MODES,
     Case,
@@ -76,6 +81,7 @@ from kdlab.engine.precision import cpu_bf16_is_native
 
 PAIRS = (("resnet56", "resnet20"), ("resnet32x4", "resnet8x4"))
 TARGET = 2.0  # kdlab KD in its fastest mode on this CPU over the fastest reference loop
+TD_TARGET_FP32, TD_TARGET_BF16 = 1.2, 2.0  # kdlab over torchdistill: fp32, and the fastest mode where bf16 is native
 TEMPERATURE, CE_WEIGHT, KD_WEIGHT = 4.0, 0.1, 0.9  # the CRD codebase's KD defaults (docs/methods.md#kd)
 
 FULL = {"repeats": 5, "iters": 10, "warmup": 3, "batch_size": 64, "image_size": 32, "train_size": 50_000}
@@ -97,6 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="add kdlab KD with a warm --cache-teacher cache (fixed augmentation: one crop/flip per "
                              "sample), on the first --cache-size training images so the fill pass stays short")
     parser.add_argument("--cache-size", type=int, default=4096, help="training images of the --cached case")
+    parser.add_argument("--torchdistill", choices=["auto", "yes", "no"], default="auto",
+                        help="run torchdistill's KD step side by side: auto = when it is installed "
+                             "(pip install 'kdlab[bench]'), yes = required")
     add_common_args(parser)
     args = resolve(parser.parse_args(argv), FULL, QUICK)
     if args.modes is None:
@@ -109,6 +118,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise SystemExit(f"--ref-workers takes a comma list of integers, got '{args.ref_workers}'") from None
     if args.quick:
         args.worker_counts = [min(args.worker_counts)]
+    if args.torchdistill == "yes" and not torchdistill_step.available():
+        raise SystemExit("--torchdistill yes: torchdistill is not installed; pip install 'kdlab[bench]'")
+    args.with_torchdistill = args.torchdistill != "no" and torchdistill_step.available()
     return args
 
 
@@ -199,6 +211,11 @@ def pair_cases(teacher_name: str, student_name: str, args: argparse.Namespace, d
         step = ReferenceStep(copy.deepcopy(teacher), copy.deepcopy(student), ReferenceBatches(loader))
         name = f"reference fp32, {workers} workers"
         cases[name] = Case(name, step.run, lambda n: n, args.batch_size)
+        if args.with_torchdistill:
+            td = torchdistill_step.TorchdistillStep(copy.deepcopy(teacher), copy.deepcopy(student), reference_data,
+                                                    args.batch_size, workers, TEMPERATURE, CE_WEIGHT)
+            name = f"torchdistill fp32, {workers} workers"
+            cases[name] = Case(name, td.run, lambda n: n, args.batch_size)
     for mode in args.mode_list:
         precision, channels_last = MODES[mode]
         objective = kd_objective(teacher, student, dataset, args, channels_last)
@@ -245,13 +262,15 @@ def step_flops_per_image(teacher_name: str, student_name: str, args: argparse.Na
     return counter.get_total_flops() / args.batch_size
 
 
-def fp32_matmul_peak(repeats: int, size: int = 2048, products: int = 4) -> list[float]:
-    """GFLOP/s of a large fp32 matrix product, one value per repeat: the CPU's practical fp32 peak (on the
-    benchmark's clock, so it compares with the loops' rates under --clock cpu too)."""
+def fp32_matmul_peak(repeats: int, size: int = 2048, products: int = 4,
+                     dtype: torch.dtype = torch.float32) -> list[float]:
+    """GFLOP/s of a large matrix product (fp32, or bf16 where it is native), one value per repeat: the CPU's
+    practical peak in that precision (on the benchmark's clock, so it compares with the loops' rates under
+    --clock cpu too)."""
     import common
 
     clock = time.process_time if common.CLOCK == "cpu" else time.perf_counter
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b  # warm-up: thread pool and caches
     rates = []
     for _ in range(repeats):
@@ -274,6 +293,22 @@ def ceiling_rows(results: list[dict], peak: float) -> list[list]:
     return rows
 
 
+def peak_share_rows(results: list[dict], peaks: dict[str, float]) -> list[list]:
+    """Per loop: the GFLOP/s it sustains (rate x FLOPs per image) and its share of the peak that bounds it
+    (the bf16 peak for bf16 modes, else the fp32 one). Cached-teacher cases skip the teacher's forward, so
+    their FLOPs per image are not the step's and they are left out."""
+    rows = []
+    for r in results:
+        for name, c in r["cases"].items():
+            if name.endswith("cached teacher"):
+                continue
+            bound = "bf16" if "bf16" in name and "bf16" in peaks else "fp32"
+            sustained = c["median"] * r["flops_per_image"] / 1e9
+            rows.append([f"{r['teacher']} -> {r['student']}", name, f"{sustained:.0f}", bound,
+                         f"{100 * sustained / peaks[bound]:.0f}%"])
+    return rows
+
+
 def bench_pair(teacher: str, student: str, args: argparse.Namespace, dataset) -> dict:
     log(f"{teacher} -> {student}:")
     flops = step_flops_per_image(teacher, student, args, dataset)
@@ -290,7 +325,35 @@ def bench_pair(teacher: str, student: str, args: argparse.Namespace, dataset) ->
         "baseline_median": statistics.median(baseline),
         "speedup": {name: paired_ratio(c.rates, baseline) for name, c in cases.items()
                     if name.startswith("kdlab")},
+        "vs_torchdistill": vs_fastest(cases, "torchdistill"),
     }
+
+
+def vs_fastest(cases: dict[str, Case], prefix: str) -> dict[str, float]:
+    """Each kdlab case's median per-repeat ratio to the fastest `prefix` case of that repeat ({} without any)."""
+    others = [c for name, c in cases.items() if name.startswith(prefix)]
+    if not others:
+        return {}
+    fastest = [max(rates) for rates in zip(*(c.rates for c in others))]
+    return {name: paired_ratio(c.rates, fastest) for name, c in cases.items() if name.startswith("kdlab")}
+
+
+def torchdistill_checks(r: dict) -> list[list]:
+    """kdlab fp32 >= 1.2x torchdistill; where bf16 is native, kdlab's fastest mode >= 2x."""
+    ratios = {k: v for k, v in r["vs_torchdistill"].items() if not k.endswith("cached teacher")}
+    if not ratios:
+        return []
+    pair = f"{r['teacher']}->{r['student']}"
+    checks = []
+    if "kdlab fp32" in ratios:
+        ratio = ratios["kdlab fp32"]
+        checks.append([f"kdlab fp32 KD / fastest torchdistill, {pair}", f">= {TD_TARGET_FP32:.1f}x",
+                       f"{ratio:.2f}x", "met" if ratio >= TD_TARGET_FP32 else "NOT met"])
+    if cpu_bf16_is_native():
+        best = max(ratios, key=ratios.get)
+        checks.append([f"{best} KD / fastest torchdistill, {pair}", f">= {TD_TARGET_BF16:.1f}x",
+                       f"{ratios[best]:.2f}x", "met" if ratios[best] >= TD_TARGET_BF16 else "NOT met"])
+    return checks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,10 +373,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for r in results:
         for name, c in r["cases"].items():
-            ratio = r["speedup"].get(name)
+            ratio, td = r["speedup"].get(name), r["vs_torchdistill"].get(name)
             rows.append([f"{r['teacher']} -> {r['student']}", name, c["median"],
-                         "-" if ratio is None else f"{ratio:.2f}x", f"{c['spread_pct']:.0f}"])
-    print(markdown_table(["teacher -> student", "loop", unit, "vs fastest reference", "spread %"], rows))
+                         "-" if ratio is None else f"{ratio:.2f}x", "-" if td is None else f"{td:.2f}x",
+                         f"{c['spread_pct']:.0f}"])
+    print(markdown_table(["teacher -> student", "loop", unit, "vs fastest reference", "vs fastest torchdistill",
+                          "spread %"], rows))
+    if not args.with_torchdistill:
+        print("\n(torchdistill not run: " + ("--torchdistill no" if args.torchdistill == "no" else
+                                              "not installed; pip install 'kdlab[bench]'") + ")")
     print("\n## Targets\n")
     checks = []
     for r in results:
@@ -325,18 +393,26 @@ def main(argv: list[str] | None = None) -> int:
             ratio = speedups[best]
             checks.append([f"{best} KD / fastest reference, {r['teacher']}->{r['student']}",
                            f">= {TARGET:.1f}x", f"{ratio:.2f}x", "met" if ratio >= TARGET else "NOT met"])
+        checks += torchdistill_checks(r)
     print(markdown_table(["check", "target", "measured", "status"], checks))
     peak_rates = fp32_matmul_peak(args.repeats)
     peak = statistics.median(peak_rates)
+    bf16_rates = fp32_matmul_peak(args.repeats, dtype=torch.bfloat16) if cpu_bf16_is_native() else []
+    peaks = {"fp32": peak, **({"bf16": statistics.median(bf16_rates)} if bf16_rates else {})}
     print(f"\n## Arithmetic ceiling (fp32 matrix product {peak:.0f} GFLOP/s, median of {len(peak_rates)})\n")
     print(markdown_table(["teacher -> student", "GFLOP per image", "reference GFLOP/s", f"{TARGET:.0f}x needs GFLOP/s",
                           "share of fp32 peak", f"{TARGET:.0f}x possible in fp32"], ceiling_rows(results, peak)))
+    bf16_text = f", bf16 {peaks['bf16']:.0f} GFLOP/s" if "bf16" in peaks else " (bf16 not native here)"
+    print(f"\n## Share of the peak (matrix products: fp32 {peak:.0f} GFLOP/s{bf16_text})\n")
+    print(markdown_table(["teacher -> student", "loop", "GFLOP/s", "bounded by", "share of that peak"],
+                         peak_share_rows(results, peaks)))
     elapsed = time.perf_counter() - started
     print(f"\n(benchmark took {elapsed:.0f} s)")
     write_json(args.json, {"benchmark": "reference_loop",
                            "args": {k: v for k, v in vars(args).items() if k != "pairs"},
                            "environment": env, "results": results,
-                           "fp32_matmul_gflops": peak_rates, "seconds": elapsed})
+                           "fp32_matmul_gflops": peak_rates, "bf16_matmul_gflops": bf16_rates,
+                           "seconds": elapsed})
     return 0
 
 

@@ -53,7 +53,8 @@ def test_reference_batches_continue_across_epochs(reference_loop):
 def test_reference_loop_quick_run_writes_results(reference_loop, tmp_path, capsys):
     out = tmp_path / "reference.json"
     code = reference_loop.main(["--quick", "--models", "resnet20:resnet8", "--ref-workers", "0",
-                                "--modes", "fp32,channels_last", "--cached", "--cache-size", "64", "--json", str(out)])
+                                "--modes", "fp32,channels_last", "--cached", "--cache-size", "64", "--torchdistill", "no",
+                                "--json", str(out)])
     assert code == 0
     result = json.loads(out.read_text())["results"][0]
     assert set(result["cases"]) == {"reference fp32, 0 workers", "kdlab fp32", "kdlab channels_last",
@@ -61,6 +62,30 @@ def test_reference_loop_quick_run_writes_results(reference_loop, tmp_path, capsy
     assert all(ratio > 0 for ratio in result["speedup"].values())
     targets = capsys.readouterr().out.split("## Targets")[1]
     assert "kdlab channels_last, cached teacher KD / fastest reference" in targets
+
+
+def test_torchdistill_step_computes_the_benchmarks_kd_loss(reference_loop):
+    """torchdistill's box, as configured here, computes 0.1 CE + 0.9 T^2 KL(T=4) like the other loops."""
+    pytest.importorskip("torchdistill")
+    import torchdistill_step
+
+    from kdlab import models
+
+    torch.manual_seed(0)
+    teacher, student = models.create("resnet8", 10).eval(), models.create("resnet8", 10)
+    images, targets = torch.rand(8, 3, 32, 32), torch.arange(8)
+    data = reference_loop.PILAugmentedDataset((images * 255).to(torch.uint8), targets, (0.5,) * 3, (0.25,) * 3, 4)
+    step = torchdistill_step.TorchdistillStep(teacher, student, data, 4, 0, reference_loop.TEMPERATURE,
+                                              reference_loop.CE_WEIGHT)
+    loss = step.box.forward_process(images, targets, {})
+    with torch.no_grad():
+        t, s = teacher(images) / reference_loop.TEMPERATURE, student(images)
+        kl = torch.nn.functional.kl_div(torch.log_softmax(s / reference_loop.TEMPERATURE, 1), torch.softmax(t, 1),
+                                        reduction="batchmean")
+        expected = (reference_loop.CE_WEIGHT * torch.nn.functional.cross_entropy(s, targets)
+                    + reference_loop.KD_WEIGHT * reference_loop.TEMPERATURE ** 2 * kl)
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    assert step.run(2)[0] > 0 and len(step.losses) == 2
 
 
 def analytic_forward_flops(model: torch.nn.Module, shape) -> float:
