@@ -188,7 +188,8 @@ def build(layers: list[dict[str, Any]]) -> Config:
     data = merged.get("data")
     data_name = str(data.get("name", DataConfig.name)) if isinstance(data, dict) else DataConfig.name
     model_name = str(merged.get("model", Config.model))
-    merged = merge(_recipe_for_length(data_recipe(data_name, model_name), merged), merged)
+    root = data.get("root") if isinstance(data, dict) else None
+    merged = merge(_recipe_for_length(data_recipe(data_name, model_name, root), merged), merged)
     config = from_dict(Config, merged, "")
     validate(config)
     return config

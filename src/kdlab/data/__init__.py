@@ -20,6 +20,7 @@ from kdlab.data.augment import normalize, random_crop, random_flip, resize
 from kdlab.data.cifar import load_cifar10, load_cifar100
 from kdlab.data.digits import load_digits
 from kdlab.data.folder import FolderLoader, IndexedImageFolder
+from kdlab.data.folder_recipe import folder_recipe, folder_stats
 from kdlab.data.fractions import check_fraction, stratified_subset
 from kdlab.data.memory import InMemoryDataset, TensorLoader, shard_size
 from kdlab.data.mnist import load_fashion_mnist, load_mnist, read_idx
@@ -115,10 +116,15 @@ def list_datasets() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def recipe(name: str, model: str) -> dict[str, Any]:
+def recipe(name: str, model: str, root: str | os.PathLike | None = None) -> dict[str, Any]:
     """The standard training recipe of dataset `name` for `model`, as nested config values ({} for an unknown
-    name, so that config validation reports it)."""
-    return _REGISTRY[name].recipe(model) if name in _REGISTRY else {}
+    name, so that config validation reports it). `imagefolder` derives it from the folder under `root`
+    (kdlab.data.folder_recipe)."""
+    if name not in _REGISTRY:
+        return {}
+    if name == "imagefolder":
+        return folder_recipe(folder_stats(data_root(root) / "train"), _REGISTRY[name].recipe(model))
+    return _REGISTRY[name].recipe(model)
 
 
 def _entry(name: str) -> _Entry:

@@ -16,6 +16,8 @@ from kdlab import data as datasets
 from kdlab import models
 from kdlab.config import Config, dump
 from kdlab.data.augment import resize
+from kdlab.data.folder_recipe import describe as describe_folder
+from kdlab.data.folder_recipe import folder_stats
 from kdlab.engine import checkpoint as ckpt
 from kdlab.engine.distributed import Context, on_main
 from kdlab.engine.objectives import StepOutput, SupervisedObjective
@@ -48,8 +50,9 @@ def setup_runtime(config: Config, distributed: Context | None = None) -> torch.d
     return device
 
 
-def build_data(config: Config, device: torch.device, distributed: Context | None = None):
-    """Train/test loaders (this rank's shards under torchrun; data.batch_size is per process) and DataInfo."""
+def build_data(config: Config, device: torch.device, distributed: Context | None = None, quiet: bool = False):
+    """Train/test loaders (this rank's shards under torchrun; data.batch_size is per process) and DataInfo; for a
+    class folder, one line says what was found and the settings chosen from it."""
     d = config.data
     train_loader, test_loader, info = datasets.build_loaders(
         d.name, root=d.root, batch_size=d.batch_size, test_batch_size=d.test_batch_size, fraction=d.fraction,
@@ -62,6 +65,10 @@ def build_data(config: Config, device: torch.device, distributed: Context | None
             raise KdlabError(f"data.fixed_augmentation works with in-memory datasets (CIFAR, MNIST, digits), not "
                              f"{d.name}; drop it or set data.augment=false")
         train_loader.fixed_augmentation = True
+    if d.name == "imagefolder" and not quiet and (distributed is None or distributed.is_main):
+        stats = folder_stats(datasets.data_root(d.root) / "train")
+        if stats is not None:
+            print(describe_folder(stats, config), flush=True)
     return train_loader, test_loader, info
 
 

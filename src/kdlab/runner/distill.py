@@ -37,7 +37,7 @@ def run_distill(config: Config, resume: bool = False, quiet: bool = False) -> di
     parse(config.method, config.methods)  # validate names and hyperparameters before loading anything
     dist = current()
     device = setup_runtime(config, dist)
-    train_loader, test_loader, info = build_data(config, device, dist)
+    train_loader, test_loader, info = build_data(config, device, dist, quiet)
     view = student_view(config, info)  # cross-quality: the student sees a downscaled view of the batch
     teachers = [prepare_model(t, config, device) for t in load_teachers(config, info)]
     teacher_name = ("+".join(Path(t).parent.name for t in config.teachers) if config.teachers

@@ -27,7 +27,7 @@ def run_mutual(config: Config, model_names: list[str], variant: str = "dml", res
                          "student from weights with kdlab train --weights or kdlab distill --student-weights)")
     dist = current()
     device = setup_runtime(config, dist)
-    train_loader, test_loader, info = build_data(config, device, dist)
+    train_loader, test_loader, info = build_data(config, device, dist, quiet)
     students = [convert_sync_bn(prepare_model(models.create(n, info.num_classes, in_channels=info.in_channels,
                                                             image_size=info.image_size), config, device),
                                 config.sync_bn, device) for n in model_names]

@@ -27,7 +27,7 @@ def run_train(config: Config, resume: bool = False, quiet: bool = False) -> dict
     """Train `config.model` with cross-entropy (teachers and baseline students)."""
     dist = current()
     device = setup_runtime(config, dist)
-    train_loader, test_loader, info = build_data(config, device, dist)
+    train_loader, test_loader, info = build_data(config, device, dist, quiet)
     view = student_view(config, info)  # --student-resolution: the low-resolution baseline
     run_dir = on_main(dist, prepare_run_dir, config.out, f"{config.model}-{info.name}-s{config.seed}", resume)
     model = prepare_model(create_trained_model(config, info, view.size if view else info.image_size, run_dir, resume,
