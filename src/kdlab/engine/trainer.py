@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from kdlab.config import Config, flatten, to_dict
 from kdlab.engine import checkpoint as ckpt
 from kdlab.engine.distributed import on_main, rank_seed, seed_rank, wrap_objective
 from kdlab.engine.evaluate import evaluate
+from kdlab.engine.health import RunHealth
 from kdlab.engine.logging import RunLogger, read_metrics
 from kdlab.engine.objectives import StepOutput
 from kdlab.engine.precision import autocast, grad_scaler
@@ -110,6 +112,7 @@ class Trainer:
         self.dist = distributed  # kdlab.engine.distributed.Context or None
         self.is_main = distributed is None or distributed.rank == 0
         self.quiet = quiet
+        self.health = RunHealth(int(arch.get("num_classes") or 0), config.method, config.optim.lr)
         optim = config.optim
         trainable = getattr(objective, "trainable_parameters", None)
         params = list(trainable()) if trainable else [p for p in objective.parameters() if p.requires_grad]
@@ -267,6 +270,9 @@ class Trainer:
         save_bins(self.run_dir, self.last_eval, epoch)
         if not self.quiet:
             print(self.describe(record), flush=True)
+        warning = self.health.observe(epoch, record)
+        if warning:  # even when quiet: it names what to change
+            print(warning, file=sys.stderr, flush=True)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass over the training batches, then the LR schedule's step; returns the epoch's train record."""
