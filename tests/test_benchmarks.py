@@ -53,8 +53,8 @@ def test_reference_batches_continue_across_epochs(reference_loop):
 def test_reference_loop_quick_run_writes_results(reference_loop, tmp_path, capsys):
     out = tmp_path / "reference.json"
     code = reference_loop.main(["--quick", "--models", "resnet20:resnet8", "--ref-workers", "0",
-                                "--modes", "fp32,channels_last", "--cached", "--cache-size", "64", "--torchdistill", "no",
-                                "--json", str(out)])
+                                "--modes", "fp32,channels_last", "--cached", "--cache-size", "64",
+                                "--torchdistill", "no", "--json", str(out)])
     assert code == 0
     result = json.loads(out.read_text())["results"][0]
     assert set(result["cases"]) == {"reference fp32, 0 workers", "kdlab fp32", "kdlab channels_last",
