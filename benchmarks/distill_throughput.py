@@ -11,6 +11,12 @@ its overhead beyond KD (time_method / time_kd - 1), flagged above 25%. KD is re-
 ("anchors"), and each method is compared with the mean of the KD anchors around it, so drift in the
 machine's load cancels. Methods with an init stage run their main phase; CRD gets the training labels.
 All steps use pre-made augmented batches in memory (the data pipeline is train_throughput.py's subject).
+Where the flagged methods' time goes: for each method over 25%, one training step of it and of KD under
+torch.utils.flop_counter (matrix products and convolutions, forward and backward) and torch.profiler: its
+FLOPs per image relative to KD's, and the share of its step spent in matrix decompositions (SVD,
+eigendecomposition, QR), which the FLOP counter does not see. A method whose FLOP ratio (plus its decomposition
+time) accounts for its measured overhead costs what its own arithmetic costs; one whose overhead exceeds that
+has overhead left to remove.
 
     python benchmarks/distill_throughput.py --quick                  # every method, < 2 minutes
     python benchmarks/distill_throughput.py --threads 2 --json distill.json
@@ -51,6 +57,7 @@ from common import (
     write_json,
 )
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from kdlab import methods as method_registry
 from kdlab import models
@@ -224,6 +231,55 @@ def method_table(args: argparse.Namespace, dataset) -> list[dict]:
     return results
 
 
+DECOMPOSITIONS = ("svd", "eigh", "eig", "linalg_qr", "cholesky")  # profiler op names of matrix decompositions
+
+
+def step_cost(setup: Setup, method: str, precision: str) -> dict[str, float]:
+    """FLOPs per image of one training step of `method` and the share of its CPU time in decompositions."""
+    step = TrainerStep(setup.distill_objective(method), precision, setup.args.channels_last)
+    step.run(setup.loader(1))  # warm-up: lazily built state, allocator
+    with FlopCounterMode(display=False) as counter:
+        step.run(setup.loader(1))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step.run(setup.loader(2))
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    decomposition = sum(e.self_cpu_time_total for e in events
+                        if any(name in e.key.lower() for name in DECOMPOSITIONS))
+    return {"flops_per_image": counter.get_total_flops() / setup.args.batch_size,
+            "decomposition_share": decomposition / total}
+
+
+def cost_table(args: argparse.Namespace, dataset, methods: list[dict]) -> list[dict]:
+    """For every method over the flag: its step's FLOPs relative to KD's and its decompositions' time share."""
+    results = []
+    for r in methods:
+        flagged = [m for m in r["methods"] if m.get("overhead_pct", 0.0) > OVERHEAD_FLAG]
+        if not flagged:
+            continue
+        setup = Setup(r["teacher"], r["student"], args, dataset)
+        kd = step_cost(setup, "kd", r["precision"])
+        rows = []
+        for m in flagged:
+            cost = step_cost(setup, m["method"], r["precision"])
+            rows.append({"method": m["method"], "overhead_pct": m["overhead_pct"], **cost,
+                         "flops_ratio": cost["flops_per_image"] / kd["flops_per_image"]})
+        results.append({"teacher": r["teacher"], "student": r["student"], "precision": r["precision"],
+                        "kd_flops_per_image": kd["flops_per_image"], "methods": rows})
+    return results
+
+
+def print_cost_tables(results: list[dict]) -> None:
+    for r in results:
+        print(f"\n## Where the flagged methods' time goes, {r['teacher']} -> {r['student']}, {r['precision']} "
+              f"(KD step: {r['kd_flops_per_image'] / 1e9:.3f} GFLOP per image)\n")
+        rows = [[m["method"], f"{m['flops_per_image'] / 1e9:.3f}", f"{m['flops_ratio']:.2f}x",
+                 f"{100 * m['decomposition_share']:.0f}%", f"{m['overhead_pct']:+.0f}%",
+                 f"{100 * (m['flops_ratio'] - 1):+.0f}%"] for m in r["methods"]]
+        print(markdown_table(["method", "GFLOP per image", "FLOPs x KD", "decompositions' share of its step",
+                              "measured overhead", "overhead its FLOPs explain"], rows))
+
+
 def print_pair_table(results: list[dict]) -> None:
     headers = ["teacher -> student", "precision", "student step", "teacher fwd", "floor", "KD step",
                "KD / floor", "KD / student", "KD spread %"]
@@ -268,8 +324,11 @@ def main(argv: list[str] | None = None) -> int:
         methods = method_table(args, dataset)
     if pairs:
         print_pair_table(pairs)
+    costs = cost_table(args, dataset, methods) if methods else []
     if methods:
         print_method_tables(methods)
+    if costs:
+        print_cost_tables(costs)
     print("\n## Targets\n")
     checks = [[f"KD / floor {r['teacher']}->{r['student']} {r['precision']}", f">= {FLOOR_TARGET}",
                f"{r['kd_over_floor']:.3f}", "met" if r["kd_over_floor"] >= FLOOR_TARGET else "NOT met"]
@@ -288,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n(benchmark took {elapsed:.0f} s)")
     write_json(args.json, {"benchmark": "distill_throughput",
                            "args": {k: v for k, v in vars(args).items() if k not in ("pairs", "method_pairs")},
-                           "environment": env, "pairs": pairs, "methods": methods, "seconds": elapsed})
+                           "environment": env, "pairs": pairs, "methods": methods, "costs": costs,
+                           "seconds": elapsed})
     return 1 if any("error" in m for r in methods for m in r["methods"]) else 0
 
 

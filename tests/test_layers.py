@@ -18,14 +18,16 @@ LAYERS = [
     ("kdlab.methods",),
     ("kdlab.distillation",),
     ("kdlab.runner",),
-    ("kdlab.experiments",),
+    ("kdlab.experiments", "kdlab.deploy"),
     ("kdlab.cli", "kdlab.api", "kdlab.__main__"),
 ]
 # Function-level imports that are allowed: optional or slow-to-import dependencies, and the CLI/API, which
 # import a command's code only when that command runs (so `kdlab --help` stays fast).
 LAZY_OK = ("matplotlib", "torchvision", "tensorboard", "torch.utils.tensorboard", "timm", "onnx", "onnxruntime",
+           "mlflow", "wandb",
            "PIL", "sklearn", "torch.distributed",
            "kdlab.models.torchvision_models",  # imports torchvision
+           "kdlab.models.timm_models",  # imports timm (optional: kdlab[timm])
            "kdlab.experiments.plots")  # imports matplotlib
 LAZY_MODULES = ("kdlab.cli", "kdlab.api", "kdlab", "kdlab.__main__")
 

@@ -91,7 +91,7 @@ def distill(config: cfg.Config | dict[str, Any] | None = None, *,
     student = student.to(device)
     loss_fn = DistillationLoss(teacher, student, method=method, taps=taps, ce_weight=ce_weight, hparams=hparams,
                                input_shape=input_shape, epochs=epochs, num_classes=num_classes,
-                               teacher_mix=conf.teacher_mix).to(device)
+                               teacher_mix=conf.teacher_mix, label_smoothing=conf.label_smoothing).to(device)
     run_dir = prepare_run_dir(conf.out, "distill", resume)
     arch = {"model": type(student).__name__, "num_classes": num_classes, "in_channels": int(input_shape[0]),
             "image_size": int(input_shape[-1]), "data": "user"}

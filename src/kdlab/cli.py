@@ -37,8 +37,29 @@ def _common_run_args(p: argparse.ArgumentParser, model_flag: str = "--model") ->
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    _recipe_args(p)
+    p.add_argument("--logger", type=_logger_list, metavar="NAMES", help="experiment trackers besides metrics.jsonl: "
+                   "comma list of tensorboard (default), mlflow, wandb (offline), or none")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. optim.lr=0.1 method.kd.temperature=4 data.workers=4")
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    """Training-recipe and evaluation flags of train/distill/mutual (README: Training recipe)."""
+    p.add_argument("--optimizer", help="sgd (default; momentum, optim.nesterov) | adamw (optim.betas, decoupled "
+                   "weight decay)")
+    p.add_argument("--label-smoothing", type=float, metavar="EPS", help="label smoothing of the CE term, e.g. 0.1")
+    p.add_argument("--mixup", type=float, metavar="ALPHA", help="mixup with Beta(ALPHA, ALPHA), e.g. 0.2")
+    p.add_argument("--cutmix", type=float, metavar="ALPHA", help="CutMix with Beta(ALPHA, ALPHA), e.g. 1.0")
+    p.add_argument("--randaugment", metavar="N,M", help="RandAugment: N ops per image at magnitude M (0..30), "
+                   "e.g. 2,9")
+    p.add_argument("--clip-grad-norm", type=float, metavar="MAX", help="clip each step's gradient norm to MAX")
+    p.add_argument("--ema-decay", type=float, metavar="D", help="evaluate and save an EMA of the weights, e.g. "
+                   "0.999")
+    p.add_argument("--eval-every", type=int, metavar="K", help="evaluate every K epochs (and at the last)")
+    p.add_argument("--eval-subset", type=int, metavar="N", help="evaluate on a fixed class-stratified subset of N "
+                   "test images")
+    p.add_argument("--log-every", type=int, metavar="STEPS", help="a progress line every STEPS steps (default 50)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,13 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common_run_args(p, "--models")
     p.add_argument("--variant", default="dml", help="dml (KL from each peer) | dml_e (KL from the peers' average)")
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint: top-1, top-5, NLL, ECE")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True)
+    p = sub.add_parser("eval", help="evaluate a run or checkpoint: top-1, top-5, NLL, ECE (every cohort student)")
+    p.add_argument("--checkpoint", required=True, help="run directory (its last.pt) or checkpoint file")
+    p.add_argument("--data", help="dataset (default: the one the model was trained on)")
     p.add_argument("--data-root")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--precision", default="fp32")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--member", help="of a mutual cohort, only this student (index or name)")
+    p.add_argument("--teacher", help="teacher checkpoint: also report how often the student predicts its class")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="data settings, e.g. data.workers=4")
 
     p = sub.add_parser("calibration", help="calibration study: reliability diagrams and ECE of runs (and of the "
                        "Tf-KD virtual teacher's signal)")
@@ -164,6 +189,12 @@ def _float_list(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers, e.g. 0.7,0.3") from None
 
 
+def _logger_list(text: str) -> list[str]:
+    """'tensorboard,mlflow' -> ['tensorboard', 'mlflow']; 'none' -> [] (names are checked with the config)."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    return [] if names == ["none"] else names
+
+
 FLAG_KEYS = {  # argparse dest -> config key
     "data": "data.name", "data_root": "data.root", "model": "model", "epochs": "optim.epochs",
     "batch_size": "data.batch_size", "lr": "optim.lr", "precision": "precision", "fraction": "data.fraction",
@@ -172,7 +203,10 @@ FLAG_KEYS = {  # argparse dest -> config key
     "teacher_model": "teacher_model", "teacher_weights": "teacher_weights", "method": "method", "weights": "weights",
     "ce_weight": "ce_weight", "init_epochs": "init_epochs", "teacher_mix": "teacher_mix",
     "cache_teacher": "cache_teacher", "extend_to": "optim.extend_to",
-    "student_resolution": "data.student_resolution", "downscale": "data.downscale",
+    "optimizer": "optim.optimizer", "label_smoothing": "label_smoothing", "mixup": "data.mixup",
+    "cutmix": "data.cutmix", "randaugment": "data.randaugment", "clip_grad_norm": "optim.clip_grad_norm",
+    "ema_decay": "ema_decay", "eval_every": "eval_every", "eval_subset": "eval_subset", "log_every": "log_every",
+    "logger": "loggers", "student_resolution": "data.student_resolution", "downscale": "data.downscale",
 }
 
 
@@ -296,18 +330,27 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from kdlab import data as datasets
-    from kdlab.engine.evaluate import evaluate
+    from kdlab import config as cfg
     from kdlab.engine.precision import pick_device
-    from kdlab.runner.checkpoints import load_trained_model
+    from kdlab.experiments.evaluation import describe, evaluate_checkpoint
 
-    device = pick_device(args.device)
-    _, test_loader, info = datasets.build_loaders(args.data, root=args.data_root, test_batch_size=args.batch_size,
-                                                  device=str(device))
-    model, arch = load_trained_model(args.checkpoint, info, role="checkpoint")
-    result = evaluate(model.to(device), test_loader, device, args.precision, num_classes=info.num_classes)
-    print(f"{arch['model']} on {info.name} ({result.count} test images): top-1 {result.top1:.2f}%  "
-          f"top-5 {result.top5:.2f}%  NLL {result.nll:.4f}  ECE {result.ece:.2f}%")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise KdlabError(f"--threads must be >= 1, got {args.threads}")
+        torch_threads(args.threads)
+    layer = cfg.parse_overrides(args.overrides)
+    if set(layer) - {"data"}:
+        raise KdlabError(f"kdlab eval takes data.* settings only, not {sorted(set(layer) - {'data'})[0]}.*")
+    data, results = evaluate_checkpoint(args.checkpoint, args.data, args.data_root, args.batch_size, args.precision,
+                                        pick_device(args.device), args.member, args.teacher, layer.get("data"))
+    for item in results:
+        print(describe(data, item))
+
+
+def torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def cmd_mutual(args: argparse.Namespace) -> None:

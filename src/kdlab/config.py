@@ -21,6 +21,7 @@ import yaml
 from kdlab.data import recipe as data_recipe
 from kdlab.errors import KdlabError, closest
 
+TRACKERS = ("tensorboard", "mlflow", "wandb")  # experiment trackers a run can report to (engine.trackers)
 
 @dataclass
 class DataConfig:
@@ -40,15 +41,26 @@ class DataConfig:
     # imagefolder/imagenet: error = stop at the first unreadable image, naming it; check = decode every
     # image before training and stop listing the bad ones; skip = the same pass, leaving them out
     unreadable: str = "error"
+    # Batch mixing (kdlab.data.augment.BatchMixer), drawn from (seed, epoch) like crop/flip: the alpha of
+    # mixup's Beta(alpha, alpha) and of CutMix's (0 = off); with both on, each mixed batch picks one at random.
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0  # probability that a batch is mixed at all
+    # RandAugment-style strong augmentation of the training batches (kdlab.data.augment.rand_augment): "N,M" =
+    # N ops per image at magnitude M (0..30), e.g. "2,9"; None = off
+    randaugment: str | None = None
 
 
 @dataclass
 class OptimConfig:
     epochs: int = 240
+    optimizer: str = "sgd"  # sgd (momentum, nesterov) | adamw (betas; decoupled weight decay)
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only
     weight_decay: float = 5e-4
+    clip_grad_norm: float | None = None  # clip the global gradient norm of each step to this value
     schedule: str = "step"  # step | cosine | constant
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
     gamma: float = 0.1
@@ -78,7 +90,12 @@ class Config:
     deterministic: bool = False
     device: str = "auto"
     threads: int | None = None
-    log_every: int = 50
+    log_every: int = 50  # progress line (and bar update) every N steps; also written to progress.log
+    label_smoothing: float = 0.0  # of the cross-entropy term only (never of a method's targets)
+    ema_decay: float | None = None  # EMA of the trained model's weights: evaluated, saved and reported when set
+    eval_every: int = 1  # evaluate every K epochs and always at the last one
+    eval_subset: int | None = None  # evaluate on a fixed class-stratified subset of N test images
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])  # and/or mlflow, wandb (engine.trackers)
     sync_bn: bool = False  # torchrun on GPUs: SyncBatchNorm in the trained models (refused on CPU)
     # initial weights of the trained model (the student): a state_dict file or a kdlab checkpoint; a classifier
     # for another class count is replaced by a freshly initialised one (fine-tuning)
@@ -100,6 +117,7 @@ class Config:
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("step", "cosine", "constant")
+OPTIMIZERS = ("sgd", "adamw")
 UNREADABLE = ("error", "check", "skip")
 
 
@@ -190,6 +208,8 @@ def build(layers: list[dict[str, Any]]) -> Config:
     model_name = str(merged.get("model", Config.model))
     root = data.get("root") if isinstance(data, dict) else None
     merged = merge(_recipe_for_length(data_recipe(data_name, model_name, root), merged), merged)
+    if isinstance(data, dict) and isinstance(data.get("randaugment"), (list, tuple)):  # [2, 9] as "2,9"
+        merged["data"]["randaugment"] = ",".join(str(v) for v in data["randaugment"])
     config = from_dict(Config, merged, "")
     validate(config)
     return config
@@ -273,13 +293,22 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
 
 def validate(config: Config) -> None:
     """Range checks that dataclass types cannot express."""
+    for name in config.loggers:
+        if name not in TRACKERS:
+            raise KdlabError(f"unknown logger '{name}'{closest(name, TRACKERS)}; --logger takes a comma list of "
+                             f"{', '.join(TRACKERS)}, or none")
     if config.precision not in PRECISIONS:
         raise KdlabError(f"precision '{config.precision}' is not one of {', '.join(PRECISIONS)}"
                          f"{closest(config.precision, PRECISIONS)}")
     if config.optim.schedule not in SCHEDULES:
         raise KdlabError(f"optim.schedule '{config.optim.schedule}' is not one of {', '.join(SCHEDULES)}"
                          f"{closest(config.optim.schedule, SCHEDULES)}")
+    if config.optim.optimizer not in OPTIMIZERS:
+        raise KdlabError(f"optim.optimizer '{config.optim.optimizer}' is not one of {', '.join(OPTIMIZERS)}"
+                         f"{closest(config.optim.optimizer, OPTIMIZERS)}")
     n_teachers = len(config.teachers) + bool(config.teacher_model)
+    d = config.data
+    mixes = d.mixup > 0 or d.cutmix > 0
     checks = [
         (config.optim.epochs >= 1, "optim.epochs must be at least 1"),
         (config.optim.extend_to is None or config.optim.extend_to > config.optim.epochs,
@@ -322,10 +351,63 @@ def validate(config: Config) -> None:
         (config.data.unreadable in UNREADABLE,
          f"data.unreadable '{config.data.unreadable}' is not one of {', '.join(UNREADABLE)}"
          f"{closest(config.data.unreadable, UNREADABLE)}; e.g. data.unreadable=skip"),
+        *recipe_checks(config),
+        (not config.cache_teacher or not (mixes or d.randaugment),
+         "--cache-teacher needs the same teacher input every epoch; data.mixup, data.cutmix and data.randaugment "
+         "change it: drop them or the cache"),
+        (not d.fixed_augmentation or not d.randaugment,
+         "data.fixed_augmentation keeps one crop/flip per sample; data.randaugment draws new ops every epoch: "
+         "drop one of them"),
     ]
     for ok, message in checks:
         if not ok:
             raise KdlabError(message)
+
+
+def recipe_checks(config: Config) -> list[tuple[bool, str]]:
+    """Range checks of the training-recipe keys (optimizer, label smoothing, mixing, EMA, evaluation)."""
+    o, d = config.optim, config.data
+    return [
+        (o.optimizer != "adamw" or not o.nesterov,
+         "optim.nesterov is for optim.optimizer=sgd; AdamW has no Nesterov variant here: drop optim.nesterov"),
+        (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+         f"optim.betas must be two numbers in [0, 1), got {o.betas}; e.g. 'optim.betas=[0.9,0.999]'"),
+        (o.clip_grad_norm is None or o.clip_grad_norm > 0,
+         f"optim.clip_grad_norm must be positive, got {o.clip_grad_norm}; e.g. --clip-grad-norm 5"),
+        (o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {o.warmup_epochs}"),
+        (0 <= config.label_smoothing < 1,
+         f"label_smoothing must be in [0, 1), got {config.label_smoothing}; e.g. --label-smoothing 0.1"),
+        (d.mixup >= 0 and d.cutmix >= 0,
+         f"data.mixup and data.cutmix are Beta alphas >= 0 (0 = off), got {d.mixup} and {d.cutmix}; e.g. "
+         "--mixup 0.2 or --cutmix 1.0"),
+        (0 <= d.mix_prob <= 1, f"data.mix_prob must be in [0, 1], got {d.mix_prob}; e.g. data.mix_prob=0.5"),
+        (d.randaugment is None or _valid_randaugment(d.randaugment),
+         f"data.randaugment '{d.randaugment}' is not 'N,M' with N >= 1 ops and a magnitude M in 0..30; "
+         "e.g. --randaugment 2,9"),
+        (config.ema_decay is None or 0 < config.ema_decay < 1,
+         f"ema_decay must be in (0, 1), got {config.ema_decay}; e.g. --ema-decay 0.999"),
+        (config.eval_every >= 1, f"eval_every must be at least 1, got {config.eval_every}; e.g. --eval-every 5"),
+        (config.eval_subset is None or config.eval_subset >= 1,
+         f"eval_subset must be at least 1 image, got {config.eval_subset}; e.g. --eval-subset 1000"),
+        (config.log_every >= 1, f"log_every must be at least 1, got {config.log_every}; e.g. --log-every 50"),
+    ]
+
+
+def parse_randaugment(text: str) -> tuple[int, int]:
+    """'N,M' (also 'N, M' or 'N/M') -> (N, M), e.g. '2,9' -> (2, 9); KdlabError when it is not that."""
+    parts = [p.strip() for p in re.split(r"[,/]", str(text))]
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise KdlabError(f"data.randaugment '{text}' is not 'N,M' (ops per image, magnitude 0..30); e.g. "
+                         f"--randaugment 2,9")
+    return int(parts[0]), int(parts[1])
+
+
+def _valid_randaugment(text: str) -> bool:
+    try:
+        n, m = parse_randaugment(text)
+    except KdlabError:
+        return False
+    return n >= 1 and 0 <= m <= 30
 
 
 def to_dict(config: Config) -> dict[str, Any]:

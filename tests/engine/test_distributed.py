@@ -212,7 +212,7 @@ def test_torchrun_train_writes_one_run_that_kdlab_eval_confirms(torchrun_run, ca
     run = cwd / "t2p"
     assert [p.name for p in cwd.iterdir()] == ["t2p"]  # no other directory created by any rank
     assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl",
-                                                     "reliability.json", "summary.json", "tb"]
+                                                     "progress.log", "reliability.json", "summary.json", "tb"]
     assert len(list((run / "tb").iterdir())) == 1  # one TensorBoard writer: rank 0's
     records = read_metrics(run)
     assert [r["epoch"] for r in records] == [1]  # logged once, not once per rank

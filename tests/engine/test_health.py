@@ -11,20 +11,23 @@ def record(loss, train, test, diverged=False):
     return {"train_loss": loss, "train_top1": train, "test_top1": test, "diverged": diverged}
 
 
-def test_a_model_at_chance_from_epoch_two_is_named_once_with_the_methods_weight():
-    health = RunHealth(num_classes=10, method="at+kd", lr=0.05)
+def test_a_model_at_chance_after_enough_steps_is_named_once_with_the_methods_weight():
+    health = RunHealth(num_classes=10, method="at+kd", lr=0.05, steps_per_epoch=60)
     assert health.observe(1, record(2.3, 10.0, 10.0)) is None  # one epoch at chance is normal
     warning = health.observe(2, record(2.2, 12.0, 9.0))
     assert "at chance (train 12.0%, test 9.0%, chance 10.0%)" in warning and "method.at.weight" in warning
     assert health.observe(3, record(2.2, 12.0, 9.0)) is None  # said once
+    tiny = RunHealth(num_classes=10, method="dkd", lr=0.05, steps_per_epoch=3)  # 10% of digits: 3 steps per epoch
+    assert all(tiny.observe(e, record(2.3, 10.0, 10.0)) is None for e in range(1, 33))  # < 100 steps so far
+    assert "method.dkd.weight" in tiny.observe(34, record(2.3, 10.0, 10.0))
 
 
 def test_learning_models_and_plain_training_get_no_or_the_lr_warning():
     learning = RunHealth(num_classes=100, method="kd", lr=0.05)
     assert all(learning.observe(e, record(4.0 - e * 0.1, 3.0 + e, 2.0 + e)) is None for e in range(1, 6))
-    plain = RunHealth(num_classes=100, method=None, lr=0.05)
-    plain.observe(1, record(4.6, 1.0, 1.0))
-    assert "change optim.lr" in plain.observe(2, record(4.6, 1.2, 1.1))
+    plain = RunHealth(num_classes=100, method=None, lr=0.05)  # steps per epoch unknown: five epochs
+    assert all(plain.observe(e, record(4.6, 1.0, 1.0)) is None for e in range(1, 5))
+    assert "change optim.lr" in plain.observe(5, record(4.6, 1.2, 1.1))
 
 
 def test_non_finite_or_growing_losses_name_the_learning_rate():

@@ -21,6 +21,9 @@ REQUIRED = [
 ]  # fmt: skip
 # Post-activation networks: every stageK_pre must satisfy relu(stageK_pre) == stageK.
 POST_ACTIVATION = ["resnet8", "resnet20", "resnet8x4", "resnet18", "vgg8", "shufflenetv1", "shufflenetv2"]
+# Class-token transformers: the embedding is a token, not the mean of a map, so they declare no final_map.
+CLASS_TOKEN = {"vit_tiny_cifar", "deit_tiny_cifar"}
+DISTILLED = {"deit_tiny_cifar"}  # a distillation head too: logits = mean of both heads
 
 
 def _params(model: nn.Module) -> int:
@@ -113,7 +116,8 @@ def test_tap_points_resolve_and_fire(name: str) -> None:
     taps = models.tap_points(model)
     stages = _stage_count(taps)
     assert stages >= 3
-    expected = {"stem", "final_map", "embedding", "classifier"}
+    expected = {"stem", "embedding", "classifier"} | (set() if name in CLASS_TOKEN else {"final_map"})
+    expected |= {"distill_logits"} if name in DISTILLED else set()
     expected |= {f"stage{k}" for k in range(1, stages + 1)} | {f"stage{k}_pre" for k in range(1, stages + 1)}
     assert set(taps) == expected
 
@@ -128,9 +132,13 @@ def test_tap_points_resolve_and_fire(name: str) -> None:
         sizes.append(out[f"stage{k}"].shape[-1])
     assert sizes == sorted(sizes, reverse=True), "stages must not grow spatially"
     assert out["embedding"].shape == (2, classifier.in_features)
-    assert torch.equal(out["classifier"], logits)
-    # final_map: the map the global pooling averages into the embedding (CAT-KD's class activation maps)
-    torch.testing.assert_close(out["final_map"].mean(dim=(2, 3)), out["embedding"])
+    if name in DISTILLED:
+        torch.testing.assert_close((out["classifier"] + out["distill_logits"]) / 2, logits)
+    else:
+        assert torch.equal(out["classifier"], logits)
+    if name not in CLASS_TOKEN:
+        # final_map: the map the global pooling averages into the embedding (CAT-KD's class activation maps)
+        torch.testing.assert_close(out["final_map"].mean(dim=(2, 3)), out["embedding"])
 
 
 @pytest.mark.parametrize("name", POST_ACTIVATION)

@@ -6,14 +6,18 @@ augmentation on any device; the small random tensors are moved to the images' de
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from kdlab.errors import KdlabError
 
-__all__ = ["random_crop", "random_flip", "normalize", "resize"]
+__all__ = ["random_crop", "random_flip", "normalize", "resize", "BatchMixer", "Mix", "rand_augment",
+           "RANDAUGMENT_OPS"]
 
 
 def _check_batch(images: torch.Tensor, what: str) -> None:
@@ -89,3 +93,216 @@ def resize(images: torch.Tensor, size: int | Sequence[int], mode: str = "area") 
     if images.dtype == torch.uint8:
         return out.round_().clamp_(0, 255).to(torch.uint8)
     return out.to(images.dtype)
+
+
+# ------------------------------------------------------------------------------------------- mixing
+@dataclass
+class Mix:
+    """How a batch was mixed: every image holds a share ``lam`` (>= 0.5) of its own sample, whose label stays
+    the batch's target (the primary label), and ``1 - lam`` of the sample at ``partner`` in the batch, whose
+    label is ``partner_targets``. The cross-entropy of a mixed batch is lam·CE(own) + (1 - lam)·CE(partner)."""
+
+    kind: str  # "mixup" | "cutmix"
+    lam: float
+    partner: torch.Tensor  # int64 N: batch position of each image's partner
+    partner_targets: torch.Tensor  # int64 N: its label
+
+
+class BatchMixer:
+    """Mixup (Zhang et al., ICLR 2018, arXiv:1710.09412) and CutMix (Yun et al., ICCV 2019, arXiv:1905.04899) on
+    whole batches: one λ ~ Beta(alpha, alpha) and one partner permutation per batch (as the papers' code and
+    timm's default batch mode); CutMix pastes one box of relative area 1 - λ from the partner and sets λ to the
+    area actually kept after clipping the box to the image. With both alphas set, each mixed batch is mixup or
+    CutMix with probability 1/2; ``prob`` is the probability that a batch is mixed at all.
+
+    λ and 1 - λ give the same distribution of mixed batches (the partner permutation is uniform), so the mixer
+    keeps λ >= 0.5: every image is mostly its own sample, and its own label and dataset index stay the
+    batch's (methods that read labels or indices use them). Draws come from ``generator`` (a CPU
+    ``torch.Generator``, e.g. ``epoch_generator(seed, epoch, stream)``), a fixed number per batch.
+    """
+
+    def __init__(self, mixup: float = 0.0, cutmix: float = 0.0, prob: float = 1.0):
+        if mixup < 0 or cutmix < 0 or not 0 <= prob <= 1:
+            raise KdlabError(f"mixing needs alphas >= 0 and a probability in [0, 1], got mixup={mixup}, "
+                             f"cutmix={cutmix}, prob={prob}")
+        self.mixup, self.cutmix, self.prob = float(mixup), float(cutmix), float(prob)
+
+    @property
+    def enabled(self) -> bool:
+        return (self.mixup > 0 or self.cutmix > 0) and self.prob > 0
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor, generator: torch.Generator
+                 ) -> tuple[torch.Tensor, Mix | None]:
+        """(mixed images, Mix) or (images, None) when this batch is left as it is."""
+        _check_batch(images, "BatchMixer")
+        # One 63-bit seed per batch from the torch stream, then numpy's Beta: the stream advances by one
+        # draw per batch whatever is drawn below.
+        rng = np.random.default_rng(int(torch.randint(0, 2**63 - 1, (1,), generator=generator)))
+        n, _, h, w = images.shape
+        apply = rng.random() < self.prob
+        use_cutmix = self.cutmix > 0 and (self.mixup == 0 or rng.random() < 0.5)
+        if not self.enabled or not apply or n < 2:
+            return images, None
+        alpha = self.cutmix if use_cutmix else self.mixup
+        lam = float(rng.beta(alpha, alpha))
+        partner = torch.from_numpy(rng.permutation(n)).to(images.device)
+        other = images.index_select(0, partner)
+        if use_cutmix:
+            mixed, lam = _paste_box(images, other, lam, rng)
+        else:
+            lam = max(lam, 1.0 - lam)
+            mixed = images * lam + other * (1.0 - lam) if images.is_floating_point() else \
+                (images.float() * lam + other.float() * (1.0 - lam)).round_().to(images.dtype)
+        partner_targets = targets.index_select(0, partner.to(targets.device))
+        return mixed, Mix("cutmix" if use_cutmix else "mixup", lam, partner, partner_targets)
+
+
+def _paste_box(images: torch.Tensor, other: torch.Tensor, lam: float, rng: np.random.Generator
+               ) -> tuple[torch.Tensor, float]:
+    """CutMix's box: side sqrt(1 - lam) of the image's, centred uniformly, clipped; returns the mixed batch and
+    the share of each image that is still its own (>= 0.5: a box over half the image swaps the roles)."""
+    h, w = images.shape[-2:]
+    ratio = math.sqrt(1.0 - lam)
+    cut_h, cut_w = int(h * ratio), int(w * ratio)
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+    box = torch.zeros(h, w, dtype=torch.bool, device=images.device)
+    box[y0:y1, x0:x1] = True
+    area = (y1 - y0) * (x1 - x0) / (h * w)
+    if area > 0.5:  # the pasted box is the larger part: paste the own sample's box into the partner instead
+        return torch.where(box, images, other), area
+    return torch.where(box, other, images), 1.0 - area
+
+
+# ------------------------------------------------------------------------------------------- RandAugment
+# RandAugment (Cubuk et al., CVPR-W 2020, arXiv:1909.13719): N ops drawn uniformly per image, all at one
+# magnitude M of 30 steps. The ops and each one's range at M = 30 follow torchvision's RandAugment
+# (github.com/pytorch/vision, torchvision/transforms/autoaugment.py, `_augmentation_space`): shear 0.3,
+# translate 150/331 of the side, rotate 30 degrees, brightness/colour/contrast/sharpness factor 1 ± 0.9,
+# posterize to 4 bits, solarize at threshold 0; equalize is left out (a per-image histogram does not batch).
+RANDAUGMENT_OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color",
+                   "contrast", "sharpness", "posterize", "solarize", "autocontrast")
+MAX_MAGNITUDE = 30
+
+
+def rand_augment(images: torch.Tensor, num_ops: int = 2, magnitude: int = 9,
+                 generator: torch.Generator | None = None, ops: Sequence[str] = RANDAUGMENT_OPS) -> torch.Tensor:
+    """RandAugment on a batch: each image gets ``num_ops`` ops drawn uniformly from ``ops`` at ``magnitude``
+    (0..30), signed ops with a random sign. uint8 images (0..255) come back uint8; float images must be in
+    [0, 1] (un-normalised) and come back float. Geometric ops sample with ``affine_grid`` (nearest pixel, black
+    fill, as torchvision). Draws (ops, signs) come from ``generator``, a fixed number per call.
+
+    Reusable for a method's strong view: ``rand_augment(x_uint8, 2, 9, epoch_generator(seed, epoch, stream))``.
+    """
+    _check_batch(images, "rand_augment")
+    unknown = [op for op in ops if op not in _OPS]
+    if unknown or not ops:
+        raise KdlabError(f"rand_augment ops {unknown or '[]'} are not among {', '.join(RANDAUGMENT_OPS)}")
+    if num_ops < 0 or not 0 <= magnitude <= MAX_MAGNITUDE:
+        raise KdlabError(f"rand_augment needs num_ops >= 0 and a magnitude in 0..{MAX_MAGNITUDE}, got {num_ops}, "
+                         f"{magnitude}")
+    n = images.shape[0]
+    if n == 0 or num_ops == 0:
+        return images
+    choices = torch.randint(0, len(ops), (num_ops, n), generator=generator)
+    signs = torch.where(torch.rand(num_ops, n, generator=generator) < 0.5, -1.0, 1.0)
+    x = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
+    level = magnitude / MAX_MAGNITUDE
+    for r in range(num_ops):
+        for k, name in enumerate(ops):
+            chosen = (choices[r] == k).nonzero().flatten()
+            if name == "identity" or len(chosen) == 0:
+                continue
+            chosen = chosen.to(x.device)
+            sign = signs[r].to(x.device).index_select(0, chosen)
+            x[chosen] = _OPS[name](x.index_select(0, chosen), level, sign).clamp_(0.0, 1.0)
+    if images.dtype == torch.uint8:
+        return x.mul_(255.0).round_().to(torch.uint8)
+    return x.to(images.dtype)
+
+
+def _affine(x: torch.Tensor, matrix: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Sample x at A·p + t for every output pixel p (pixel units about the centre; A: N,2,2, t: N,2)."""
+    h, w = x.shape[-2:]
+    scale = torch.tensor([w / 2.0, h / 2.0], device=x.device)
+    theta = torch.cat([matrix * scale.view(1, 1, 2) / scale.view(1, 2, 1), (shift / scale).unsqueeze(-1)], dim=2)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def _shear(axis: int):
+    def op(x: torch.Tensor, level: float, sign: torch.Tensor) -> torch.Tensor:
+        matrix = torch.eye(2, device=x.device).repeat(len(x), 1, 1)
+        matrix[:, axis, 1 - axis] = sign * 0.3 * level
+        return _affine(x, matrix, torch.zeros(len(x), 2, device=x.device))
+    return op
+
+
+def _translate(axis: int):
+    def op(x: torch.Tensor, level: float, sign: torch.Tensor) -> torch.Tensor:
+        side = x.shape[-1] if axis == 0 else x.shape[-2]
+        shift = torch.zeros(len(x), 2, device=x.device)
+        shift[:, axis] = sign * (150.0 / 331.0) * side * level
+        return _affine(x, torch.eye(2, device=x.device).repeat(len(x), 1, 1), shift)
+    return op
+
+
+def _rotate(x: torch.Tensor, level: float, sign: torch.Tensor) -> torch.Tensor:
+    angle = sign * math.radians(30.0 * level)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    matrix = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)
+    return _affine(x, matrix, torch.zeros(len(x), 2, device=x.device))
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma (as PIL's 'L'), N,1,H,W; a single-channel image is its own."""
+    if x.shape[1] != 3:
+        return x.mean(1, keepdim=True)
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+
+
+def _blend(x: torch.Tensor, degenerate: torch.Tensor, level: float, sign: torch.Tensor) -> torch.Tensor:
+    """PIL's ImageEnhance: degenerate + factor·(x - degenerate), factor = 1 ± 0.9·level."""
+    factor = (1.0 + sign * 0.9 * level).view(-1, 1, 1, 1)
+    return degenerate + factor * (x - degenerate)
+
+
+def _sharpness_degenerate(x: torch.Tensor) -> torch.Tensor:
+    """PIL's SMOOTH filter (3x3, centre weight 5, sum 13), borders left as they are."""
+    c = x.shape[1]
+    kernel = torch.ones(3, 3, device=x.device)
+    kernel[1, 1] = 5.0
+    kernel = (kernel / 13.0).expand(c, 1, 3, 3)
+    out = x.clone()
+    if x.shape[-1] > 2 and x.shape[-2] > 2:
+        out[..., 1:-1, 1:-1] = F.conv2d(x, kernel, groups=c)
+    return out
+
+
+def _posterize(x: torch.Tensor, level: float, sign: torch.Tensor) -> torch.Tensor:
+    bits = 8 - int(round(4 * level))
+    step = 2 ** (8 - bits)
+    return torch.floor(torch.round(x * 255.0) / step) * step / 255.0
+
+
+def _autocontrast(x: torch.Tensor, level: float, sign: torch.Tensor) -> torch.Tensor:
+    low = x.amin(dim=(2, 3), keepdim=True)
+    high = x.amax(dim=(2, 3), keepdim=True)
+    span = high - low
+    return torch.where(span > 0, (x - low) / span.clamp_min(1e-12), x)
+
+
+_OPS = {
+    "identity": lambda x, level, sign: x,
+    "shear_x": _shear(0), "shear_y": _shear(1), "translate_x": _translate(0), "translate_y": _translate(1),
+    "rotate": _rotate,
+    "brightness": lambda x, level, sign: _blend(x, torch.zeros_like(x), level, sign),
+    "color": lambda x, level, sign: _blend(x, _gray(x).expand_as(x), level, sign),
+    "contrast": lambda x, level, sign: _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True).expand_as(x), level,
+                                              sign),
+    "sharpness": lambda x, level, sign: _blend(x, _sharpness_degenerate(x), level, sign),
+    "posterize": _posterize,
+    "solarize": lambda x, level, sign: torch.where(x >= 1.0 - level, 1.0 - x, x),
+    "autocontrast": _autocontrast,
+}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from kdlab.data.augment import normalize, random_crop, random_flip, resize
+from kdlab.data.augment import normalize, rand_augment, random_crop, random_flip, resize
 from kdlab.data.fractions import stratified_subset
 from kdlab.errors import KdlabError
 
@@ -200,10 +200,14 @@ class TensorLoader(ShardedLoader):
         channels_last: bool = False,
         pad_shards: bool = True,
         fixed_augmentation: bool = False,
+        randaugment: tuple[int, int] | None = None,
     ) -> None:
         super().__init__(dataset, batch_size, shuffle, drop_last, seed, num_replicas, rank, device, channels_last,
                          pad_shards)
         self.augment = augment
+        # (N ops, magnitude M) of RandAugment after crop/flip (kdlab.data.augment.rand_augment), or None; its
+        # draws are a stream of their own, so crop/flip draws are the same with it on or off.
+        self.randaugment = randaugment
         # Fixed: each sample's crop/flip is a function of (seed, full-split index) only, the same in every
         # epoch, batch and rank (deterministic teacher inputs for teacher caching); the order still changes.
         self.fixed_augmentation = fixed_augmentation
@@ -214,6 +218,8 @@ class TensorLoader(ShardedLoader):
     def __iter__(self) -> Iterator[Batch]:
         positions = self.positions()
         aug_generator = epoch_generator(self.seed, self.epoch, 1, self.rank)
+        strong = self.randaugment if self.augment else None
+        strong_generator = epoch_generator(self.seed, self.epoch, 5, self.rank) if strong else None
         do_crop = self.augment and self.dataset.crop_padding > 0
         do_flip = self.augment and self.dataset.flip
         pin = self.device.type == "cuda"
@@ -239,6 +245,8 @@ class TensorLoader(ShardedLoader):
                     images = random_crop(images, self.dataset.crop_padding, aug_generator)
                 if do_flip:
                     images = random_flip(images, aug_generator)
+            if strong:
+                images = rand_augment(images, strong[0], strong[1], strong_generator)
             out = normalize(images, self._mean, self._std)
             if self.channels_last:
                 out = out.contiguous(memory_format=torch.channels_last)

@@ -25,13 +25,13 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kdlab import methods as method_registry
+from kdlab.data.augment import Mix
 from kdlab.distillation.teachers import TeacherMix, check_teacher_classes, mix_teacher_logits, mix_weights, teacher_list
 from kdlab.engine.distributed import average_gradients
-from kdlab.engine.objectives import StepOutput
+from kdlab.engine.objectives import StepOutput, classification_loss
 from kdlab.errors import KdlabError
 from kdlab.methods.base import BuildContext, DistillBatch, Method
 from kdlab.methods.taps import LOGITS, TapRecorder, available_taps, probe_shapes, resolve_taps
@@ -57,6 +57,12 @@ class DistillationLoss(nn.Module):
         student_input: maps the batch the teacher sees to the student's input (cross-quality: low resolution).
         teacher_mix: one weight >= 0 per teacher (default equal); normalised to sum 1. Tap overrides
             `taps['teacher']` apply to every teacher.
+        label_smoothing: ε of the CE term only (kdlab.engine.objectives.classification_loss); the methods'
+            targets (the teacher's outputs, DKD's target class, ...) are never smoothed.
+
+    A batch mixed by kdlab.data.augment.BatchMixer (`mix=`): the teacher sees the same mixed images as the
+    student; the CE term uses both labels and λ; methods get the images' own (primary) labels and indices,
+    which hold the larger share λ >= 0.5 of every image.
     """
 
     def __init__(self, teacher: nn.Module | Sequence[nn.Module] | None, student: nn.Module, method: str = "kd",
@@ -65,7 +71,7 @@ class DistillationLoss(nn.Module):
                  input_shape: Sequence[int] | None = None, train_targets: torch.Tensor | None = None,
                  train_indices: torch.Tensor | None = None, epochs: int = 0, num_classes: int | None = None,
                  student_input: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 teacher_mix: Sequence[float] | None = None, **method_hparams: Any):
+                 teacher_mix: Sequence[float] | None = None, label_smoothing: float = 0.0, **method_hparams: Any):
         super().__init__()
         hparams = _hparams_by_method(method, hparams, method_hparams)
         self.methods: nn.ModuleList = nn.ModuleList(method_registry.parse(method, hparams))
@@ -73,6 +79,7 @@ class DistillationLoss(nn.Module):
         teachers = self._set_teachers(teacher, method, teacher_mix)
         self.teacher_train_mode = any(m.teacher_train_mode for m in self.methods)
         self.ce_weight = float(self.methods[0].ce_weight if ce_weight is None else ce_weight)
+        self.label_smoothing = float(label_smoothing)
         self.student_input = student_input
         self.phase = "main"  # or "init": the initialisation stage of two-stage methods
         self._init_modules_frozen = False  # the methods' `frozen_in_main` modules (see `_freeze_after_init`)
@@ -276,7 +283,7 @@ class DistillationLoss(nn.Module):
         return logits, feats
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None = None,
-                epoch: int = 1) -> StepOutput:
+                epoch: int = 1, mix: Mix | None = None) -> StepOutput:
         self._freeze_after_init(self.phase == "main")
         batches = self._batches(images, targets, indices, epoch)
         logits = batches[0].student_logits
@@ -285,7 +292,7 @@ class DistillationLoss(nn.Module):
                      for name, value in self._mix.terms(m, batches, _init_forward).items()}
             total = sum(terms.values())
             return StepOutput(loss=total, terms={k: v.detach() for k, v in terms.items()}, logits=logits)
-        ce = F.cross_entropy(logits.float(), targets)
+        ce = classification_loss(logits, targets, mix, self.label_smoothing)
         terms = {"ce": self.ce_weight * ce}
         total = terms["ce"]
         clipped = None

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kdlab import losses
-from kdlab.engine.objectives import StepOutput
+from kdlab.data.augment import Mix
+from kdlab.engine.objectives import StepOutput, classification_loss
 from kdlab.errors import KdlabError
 
 VARIANTS = {"dml": losses.dml, "dml_e": losses.dml_ensemble}
@@ -42,7 +42,7 @@ class MutualObjective(nn.Module):
     """Σ_k [CE(z_k, y) + weight · mimicry_k(z_1..z_N)] over the cohort; terms logged per student."""
 
     def __init__(self, students: list[nn.Module], names: list[str], variant: str = "dml", temperature: float = 1.0,
-                 weight: float = 1.0):
+                 weight: float = 1.0, label_smoothing: float = 0.0):
         super().__init__()
         if len(students) < 2:
             raise KdlabError("deep mutual learning needs at least 2 students; pass --models a,b[,c...]")
@@ -53,15 +53,16 @@ class MutualObjective(nn.Module):
         self.mimicry = VARIANTS[variant]
         self.temperature = temperature
         self.weight = weight
+        self.label_smoothing = float(label_smoothing)  # of each student's CE term only
         self.ensemble = Ensemble(list(self.students))
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None = None,
-                epoch: int = 1) -> StepOutput:
+                epoch: int = 1, mix: Mix | None = None) -> StepOutput:
         logits = [s(images) for s in self.students]
         terms: dict[str, torch.Tensor] = {}
         total = 0
         for k, name in enumerate(self.names):
-            ce = F.cross_entropy(logits[k].float(), targets)
+            ce = classification_loss(logits[k], targets, mix, self.label_smoothing)
             kl = self.weight * self.mimicry(logits, k, temperature=self.temperature)
             terms[f"{name}_ce"], terms[f"{name}_kl"] = ce.detach(), kl.detach()
             total = total + ce + kl

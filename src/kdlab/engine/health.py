@@ -1,5 +1,5 @@
 """Early warnings for runs that are failing in a way a setting explains: a student collapsed to (about) one
-class, or a loss that explodes.
+class (at chance after two epochs and 100 optimiser steps), or a loss that explodes.
 
 Published defaults are kept where they were published, but some do not carry over to small runs: AT's weight of
 1000 (for CIFAR's 32x32 maps) sent digits students to a single class, and MobileNetV2 / ShuffleNetV1 at lr 0.05
@@ -13,13 +13,17 @@ from typing import Any
 
 CHANCE_FACTOR = 1.5  # test and train top-1 at most this times chance: the model is not learning the task
 LOSS_GROWTH = 10.0  # train loss this many times its first epoch's value: the optimisation is diverging
+# A model may sit at chance for its first few steps (a tiny training set has only a few per epoch); at chance after
+# this many optimiser steps, and at least two epochs, it is not learning.
+MIN_STEPS = 100
 
 
 class RunHealth:
     """Looks at each epoch's record; `observe` returns a warning line the first time one applies, else None."""
 
-    def __init__(self, num_classes: int, method: str | None, lr: float):
+    def __init__(self, num_classes: int, method: str | None, lr: float, steps_per_epoch: int = 0):
         self.chance = 100.0 / max(1, num_classes)
+        self.steps_per_epoch = steps_per_epoch  # 0: unknown, then five epochs stand for enough steps
         self.method = (method or "").split("+")[0] or None
         self.lr = lr
         self.first_loss: float | None = None
@@ -46,7 +50,8 @@ class RunHealth:
                 f"input size (MobileNetV2/ShuffleNet on 8x8 inputs, for example): lower optim.lr (now {self.lr:g})")
 
     def _collapsed(self, epoch: int, train: Any, test: Any) -> str | None:
-        if epoch < 2 or not (_finite(train) and _finite(test)):
+        enough = epoch * self.steps_per_epoch >= MIN_STEPS if self.steps_per_epoch else epoch >= 5
+        if epoch < 2 or not enough or not (_finite(train) and _finite(test)):
             return None
         limit = CHANCE_FACTOR * self.chance
         if train > limit or test > limit:

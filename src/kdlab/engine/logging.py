@@ -1,4 +1,5 @@
-"""Run logging: one JSON line per epoch in metrics.jsonl, TensorBoard scalars, and console lines."""
+"""Run logging: one JSON line per epoch in metrics.jsonl, and the same epoch to the run's trackers
+(TensorBoard by default; MLflow, W&B: kdlab.engine.trackers)."""
 
 from __future__ import annotations
 
@@ -8,21 +9,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kdlab.engine.trackers import open_trackers
+
 
 class RunLogger:
     """Writes metrics of a run directory; only the process that owns the directory (rank 0) creates one."""
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path, trackers: list[str] | None = None, config: dict[str, Any] | None = None):
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        self._writer = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._writer = SummaryWriter(str(self.run_dir / "tb"))
-            except Exception:  # tensorboard is optional at run time; metrics.jsonl is the record
-                self._writer = None
+        self.trackers = open_trackers(self.run_dir, list(trackers or []), config or {})
 
     def truncate_after(self, epoch: int) -> None:
         """On resume, drop lines of epochs after the checkpoint (a killed run may have logged one more, or
@@ -38,16 +34,12 @@ class RunLogger:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
         with self.metrics_path.open("a") as fh:
             fh.write(json.dumps(clean) + "\n")
-        if self._writer is not None:
-            step = int(record.get("epoch", 0))
-            for key, value in record.items():
-                if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._writer.add_scalar(key.replace("_", "/", 1), value, step)
-            self._writer.flush()
+        for tracker in self.trackers:
+            tracker.log(record, int(record.get("epoch", 0)))
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

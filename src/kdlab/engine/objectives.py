@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdlab.data.augment import Mix
+
 
 @dataclass
 class StepOutput:
@@ -28,17 +30,31 @@ class StepOutput:
         return iter((self.loss, self.terms))
 
 
+def classification_loss(logits: torch.Tensor, targets: torch.Tensor, mix: Mix | None = None,
+                        label_smoothing: float = 0.0) -> torch.Tensor:
+    """The cross-entropy term of every objective (in float32): with `label_smoothing` ε the target is
+    (1 - ε)·one-hot + ε/K (Szegedy et al., CVPR 2016, arXiv:1512.00567; PyTorch's `label_smoothing`); for a batch
+    mixed by kdlab.data.augment.BatchMixer, λ·CE(own label) + (1 - λ)·CE(partner's label) (mixup, CutMix)."""
+    logits = logits.float()
+    ce = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    if mix is None:
+        return ce
+    partner = F.cross_entropy(logits, mix.partner_targets, label_smoothing=label_smoothing)
+    return mix.lam * ce + (1.0 - mix.lam) * partner
+
+
 class SupervisedObjective(nn.Module):
     """Plain cross-entropy training of one model (teachers and baseline students)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, label_smoothing: float = 0.0):
         super().__init__()
         self.model = model
+        self.label_smoothing = float(label_smoothing)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None = None,
-                epoch: int = 1) -> StepOutput:
+                epoch: int = 1, mix: Mix | None = None) -> StepOutput:
         logits = self.model(images)
-        loss = F.cross_entropy(logits.float(), targets)
+        loss = classification_loss(logits, targets, mix, self.label_smoothing)
         return StepOutput(loss=loss, terms={"ce": loss.detach()}, logits=logits)
 
     def eval_models(self) -> dict[str, nn.Module]:

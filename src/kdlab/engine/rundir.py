@@ -11,7 +11,9 @@ from kdlab.errors import KdlabError
 
 # What kdlab writes in a run directory (docs/architecture.md); anything else there is the user's.
 RUN_FILES = frozenset({"config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json", "reliability.json",
-                       "tb", "init", "calibration.png", "calibration.md"})
+                       "tb", "init", "calibration.png", "calibration.md", "trackers.json", "wandb",
+                       "progress.log"})
+PROGRESS_LOG = "progress.log"  # the training's progress lines and epoch lines (kdlab.engine.progress)
 
 
 def prepare_run_dir(out: str | None, default_name: str, resume: bool) -> Path:

@@ -34,8 +34,9 @@ def describe(optim: OptimConfig, base_lr: float | None = None) -> str:
     """One line for the start of a run: optimizer, LR and where it changes, e.g.
     'schedule: 30 epochs, SGD momentum 0.9, weight decay 0.0005, lr 0.05, x0.1 after epochs 19/23/26'."""
     lr = optim.lr if base_lr is None else base_lr
-    parts = [f"{optim.epochs} epochs", f"SGD momentum {optim.momentum:g}{' nesterov' if optim.nesterov else ''}",
-             f"weight decay {optim.weight_decay:g}", f"lr {lr:g}"]
+    optimizer = (f"AdamW betas {optim.betas[0]:g},{optim.betas[1]:g}" if optim.optimizer == "adamw"
+                 else f"SGD momentum {optim.momentum:g}{' nesterov' if optim.nesterov else ''}")
+    parts = [f"{optim.epochs} epochs", optimizer, f"weight decay {optim.weight_decay:g}", f"lr {lr:g}"]
     if optim.warmup_epochs:
         parts.append(f"linear warm-up over {optim.warmup_epochs} epochs")
     if optim.schedule == "step":
@@ -43,6 +44,8 @@ def describe(optim: OptimConfig, base_lr: float | None = None) -> str:
                      if optim.milestones else "constant (no milestones)")
     else:
         parts.append("cosine to 0" if optim.schedule == "cosine" else "constant")
+    if optim.clip_grad_norm is not None:
+        parts.append(f"gradient norm clipped at {optim.clip_grad_norm:g}")
     if optim.extend_to and optim.extend_to > optim.epochs:
         parts.append(f"extended to epoch {optim.extend_to} at the last epoch's lr")
     return "schedule: " + ", ".join(parts)

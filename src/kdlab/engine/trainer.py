@@ -24,30 +24,48 @@ from torch import nn
 from tqdm import tqdm
 
 from kdlab import __version__
-from kdlab.config import Config, flatten, to_dict
+from kdlab.config import Config, flatten, merge, to_dict
+from kdlab.data.augment import BatchMixer
+from kdlab.data.memory import epoch_generator
 from kdlab.engine import checkpoint as ckpt
 from kdlab.engine.distributed import on_main, rank_seed, seed_rank, wrap_objective
+from kdlab.engine.ema import WeightEMA
 from kdlab.engine.evaluate import evaluate
 from kdlab.engine.health import RunHealth
 from kdlab.engine.logging import RunLogger, read_metrics
 from kdlab.engine.objectives import StepOutput
 from kdlab.engine.precision import autocast, grad_scaler
+from kdlab.engine.progress import ProgressLog, stdout_is_terminal, step_line
 from kdlab.engine.reliability import save_bins
+from kdlab.engine.rundir import PROGRESS_LOG
 from kdlab.engine.schedule import lr_factor, total_epochs
 from kdlab.errors import KdlabError
 
 # Settings a resumed run may change: where and how fast it runs, not what it computes.
 RESUMABLE_KEYS = frozenset({
-    "out", "threads", "device", "log_every", "compile", "channels_last", "deterministic", "cache_dir",
+    "out", "threads", "device", "log_every", "loggers", "compile", "channels_last", "deterministic", "cache_dir",
     "cache_max_gb", "data.root", "data.workers", "data.test_batch_size", "optim.extend_to",
 })
 
 
 def resume_conflicts(saved: dict[str, Any], requested: dict[str, Any]) -> list[str]:
-    """`key: saved -> requested` for every setting that differs and would change the resumed run's meaning."""
-    old, new = flatten(saved), flatten(requested)
+    """`key: saved -> requested` for every setting that differs and would change the resumed run's meaning.
+
+    A key the saved config lacks was added to kdlab after the run started; it counts with its default (every
+    recipe key added later is off by default), so older runs still resume."""
+    old, new = flatten(merge(to_dict(Config()), saved)), flatten(requested)
     keys = sorted((set(old) | set(new)) - RESUMABLE_KEYS)
     return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in keys if old.get(key) != new.get(key)]
+
+
+def make_optimizer(params: list[nn.Parameter], config: Config, lr: float) -> torch.optim.Optimizer:
+    """`optim.optimizer`: SGD with momentum (and `optim.nesterov`), or AdamW (Loshchilov & Hutter, ICLR 2019,
+    arXiv:1711.05101) with `optim.betas` and weight decay decoupled from the gradient (p -= lr·wd·p)."""
+    optim = config.optim
+    if optim.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
+                           nesterov=optim.nesterov)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -95,8 +113,18 @@ class EpochTally:
         return {name: float(v) / max(steps, 1) for name, v in sums.items()}, float(correct), seen
 
 
+
+def _length(loader: Any) -> int:
+    """Batches per epoch of a loader (0 when it cannot say)."""
+    try:
+        return int(len(loader))
+    except TypeError:
+        return 0
+
 class Trainer:
-    """Trains `objective` (an nn.Module returning StepOutput) with SGD and the configured schedule."""
+    """Trains `objective` (an nn.Module returning StepOutput) with the configured optimizer (SGD or AdamW) and
+    schedule; optionally mixes batches, clips the gradient norm, averages the weights (EMA) and evaluates every
+    `eval_every` epochs."""
 
     def __init__(self, config: Config, objective: nn.Module, train_loader, test_loader, run_dir: str | Path,
                  arch: dict[str, Any], device: torch.device, eval_transform=None, distributed=None,
@@ -112,15 +140,23 @@ class Trainer:
         self.dist = distributed  # kdlab.engine.distributed.Context or None
         self.is_main = distributed is None or distributed.rank == 0
         self.quiet = quiet
-        self.health = RunHealth(int(arch.get("num_classes") or 0), config.method, config.optim.lr)
+        self.health = RunHealth(int(arch.get("num_classes") or 0), config.method, config.optim.lr,
+                                _length(train_loader))
         optim = config.optim
         trainable = getattr(objective, "trainable_parameters", None)
         params = list(trainable()) if trainable else [p for p in objective.parameters() if p.requires_grad]
         # optim.scale_lr: the linear scaling rule (Goyal et al. 2017) for a global batch world_size x larger.
         scale = distributed.world_size if distributed is not None and optim.scale_lr else 1
         self.base_lr = optim.lr * scale
-        self.optimizer = torch.optim.SGD(params, lr=self.base_lr, momentum=optim.momentum,
-                                         weight_decay=optim.weight_decay, nesterov=optim.nesterov)
+        self.optimizer = make_optimizer(params, config, self.base_lr)
+        self.clipped_params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.mixer = BatchMixer(config.data.mixup, config.data.cutmix, config.data.mix_prob)
+        self._mix_stream: tuple[int, torch.Generator] | None = None  # (epoch, its generator)
+        self.ema = self._make_ema(objective, config.ema_decay)
+        self.eval_subset = getattr(test_loader, "eval_subset", None)  # N when evaluating on N test images
+        if config.eval_subset is not None and not hasattr(test_loader, "eval_subset"):
+            raise KdlabError("eval_subset picks test images from kdlab's own test loader; with your own loader, "
+                             "pass the subset you want as test_loader and drop eval_subset")
         # Forward/backward go through DDP (gradients averaged across ranks); state and evaluation use the
         # unwrapped objective, so checkpoints load in 1-process runs.
         self.train_module = objective if distributed is None else wrap_objective(objective, distributed)
@@ -134,16 +170,31 @@ class Trainer:
         self.last_record: dict[str, Any] = {}  # the latest epoch's metrics line (kept in the checkpoint)
         self.diverged_epochs: list[int] = []
         self.last_eval: dict = {}  # model name -> EvalResult of the latest epoch
+        self.progress: ProgressLog | None = None  # rank 0, during fit: the run directory's progress log
+
+    @staticmethod
+    def _make_ema(objective: nn.Module, decay: float | None) -> WeightEMA | None:
+        """The EMA of the trained model (ema_decay), or None; a cohort (kdlab mutual) is refused."""
+        if decay is None:
+            return None
+        models = objective.eval_models()
+        if len(models) != 1:
+            raise KdlabError(f"ema_decay averages one trained model; this run evaluates {len(models)} "
+                             f"({', '.join(models)}): drop ema_decay (kdlab mutual has no EMA)")
+        return WeightEMA(unwrap(next(iter(models.values()))), decay)
 
     # ----------------------------------------------------------------------------------------- state
     def state_dict(self, epoch: int) -> dict[str, Any]:
         models = self.objective.eval_models()
         primary = next(iter(models.values()))
         primary = unwrap(primary)
+        extra = {} if self.ema is None else {"train_model": primary.state_dict()}  # what training continues from
         return {
             "kdlab_version": __version__,
             "arch": self.arch,
-            "model": primary.state_dict(),
+            # the reported model: the EMA weights when ema_decay is set (best.pt / last.pt are evaluated as them)
+            "model": primary.state_dict() if self.ema is None else self.ema.state_dict(),
+            **extra,
             "models": {name: unwrap(m).state_dict() for name, m in models.items()} if len(models) > 1
             else None,
             "extra": self.objective.extra_state(),
@@ -166,7 +217,9 @@ class Trainer:
                 unwrap(model).load_state_dict(state["models"][name])
         else:
             primary = next(iter(models.values()))
-            unwrap(primary).load_state_dict(state["model"])
+            unwrap(primary).load_state_dict(state["model"] if self.ema is None else state["train_model"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["model"])
         self.objective.load_extra_state(state.get("extra") or {})
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -222,28 +275,40 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
-        logger = RunLogger(self.run_dir) if self.is_main else None
+        logger = RunLogger(self.run_dir, self.config.loggers, to_dict(self.config)) if self.is_main else None
         if logger is not None:
             ckpt.remove_stale_temporaries(self.run_dir)
             logger.truncate_after(self.start_epoch - 1)
+        if self.is_main and self.start_epoch <= self.epochs:
+            self.progress = ProgressLog(self.run_dir / PROGRESS_LOG, echo=not self.quiet and not stdout_is_terminal())
+            self.progress.write(f"kdlab {__version__}: epochs {self.start_epoch}-{self.epochs} of {self.run_dir}",
+                                echo=False)
         try:
             for epoch in range(self.start_epoch, self.epochs + 1):
                 record = self.train_epoch(epoch)
-                record.update(self.evaluate_all())
+                if self.evaluates(epoch):
+                    record.update(self.evaluate_all())
                 is_best = self.note_epoch(epoch, record)
                 self.save_epoch(epoch, record, is_best, logger)
         finally:
             if logger is not None:
                 logger.close()
+            if self.progress is not None:
+                self.progress.close()
+                self.progress = None
         summary = self.summary(self.last_record)
         if self.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
+    def evaluates(self, epoch: int) -> bool:
+        """--eval-every K: epochs K, 2K, ... and always the last one are evaluated."""
+        return epoch % self.config.eval_every == 0 or epoch >= self.epochs
+
     def note_epoch(self, epoch: int, record: dict[str, Any]) -> bool:
         """Mark a diverged epoch, track the best finite test top-1 (adds best_top1 to `record`); True when this
-        epoch is the new best."""
-        top1 = record["test_top1"]
+        epoch is the new best. An epoch without evaluation (--eval-every) has no test_* keys and is never best."""
+        top1 = record.get("test_top1", math.nan)
         if record.get("diverged"):
             self.diverged_epochs.append(epoch)
         is_best = math.isfinite(top1) and top1 > self.best_top1
@@ -267,9 +332,13 @@ class Trainer:
         ckpt.save_atomic(state, self.run_dir / "last.pt")
         if is_best:
             ckpt.save_atomic(state, self.run_dir / "best.pt")
-        save_bins(self.run_dir, self.last_eval, epoch)
+        if "test_top1" in record:
+            save_bins(self.run_dir, self.last_eval, epoch)
+        line = self.describe(record)
+        if self.progress is not None:
+            self.progress.write(line, echo=False)
         if not self.quiet:
-            print(self.describe(record), flush=True)
+            print(line, flush=True)
         warning = self.health.observe(epoch, record)
         if warning:  # even when quiet: it names what to change
             print(warning, file=sys.stderr, flush=True)
@@ -289,29 +358,66 @@ class Trainer:
             tally.add(out, targets)
             if tally.steps % self.config.log_every == 0 or tally.steps == 1:
                 value = self.checked_step_loss(out.loss.detach(), epoch, tally.steps)
+                elapsed = max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(loss=f"{value:.3f}", acc=f"{100 * float(tally.correct) / tally.seen:.1f}",
-                                img_s=f"{tally.seen / max(time.perf_counter() - start, 1e-9):.0f}")
+                                img_s=f"{tally.seen / elapsed:.0f}")
+                if self.progress is not None and tally.steps % self.config.log_every == 0:
+                    self.log_progress(epoch, tally, value, elapsed)
         elapsed = time.perf_counter() - start
         self.scheduler.step()
         return self.epoch_record(epoch, lr, tally, elapsed)
 
+    def log_progress(self, epoch: int, tally: EpochTally, loss: float, elapsed: float) -> None:
+        """A progress line (kdlab.engine.progress): into the run's progress log, and to stdout when it is not a
+        terminal. img/s counts every process's images; the epoch mean loss is this process's."""
+        try:
+            steps = len(self.train_loader)
+        except TypeError:  # an outside loader without a length
+            steps = None
+        world = self.dist.world_size if self.dist is not None else 1
+        mean = float(tally.sums["loss"]) / tally.steps
+        self.progress.write(step_line(epoch, self.epochs, tally.steps, steps, loss, mean,
+                                      tally.seen * world / elapsed, elapsed))
+
+    def mix_generator(self, epoch: int) -> torch.Generator:
+        """The epoch's mixing draws, from (seed, epoch, rank) as the loader's augmentation: a resumed run mixes
+        its batches as an uninterrupted one."""
+        if self._mix_stream is None or self._mix_stream[0] != epoch:
+            rank = self.dist.rank if self.dist is not None else 0
+            self._mix_stream = (epoch, epoch_generator(self.config.seed, epoch, 4, rank))
+        return self._mix_stream[1]
+
     def train_step(self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None,
                    epoch: int) -> tuple[StepOutput, torch.Tensor]:
-        """Forward (autocast), backward (the objective's own, or through the grad scaler), optimizer step;
-        returns the objective's output and the targets on the device."""
+        """Mixing (data.mixup/cutmix), forward (autocast), backward (the objective's own, or through the grad
+        scaler), gradient clipping (optim.clip_grad_norm, after unscaling fp16 gradients), optimizer step, EMA
+        update; returns the objective's output and the (primary) targets on the device.
+
+        Clipping composes with a method's own clipping (clip_to_ce, in the objective's backward): that bounds the
+        method's gradient per parameter inside the step's gradient; the global norm of the sum is clipped after.
+        """
         images = images.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
+        mix = None
+        if self.mixer.enabled:
+            images, mix = self.mixer(images, targets, self.mix_generator(epoch))
         if self.config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.config.precision):
-            out = self.train_module(images, targets, indices, epoch)
+            out = (self.train_module(images, targets, indices, epoch) if mix is None
+                   else self.train_module(images, targets, indices, epoch, mix=mix))
         self.optimizer.zero_grad(set_to_none=True)
         if out.backward is not None:
             out.backward(self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
         else:
             self.scaler.scale(out.loss).backward()
+        if self.config.optim.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)  # a no-op pass-through unless fp16 loss scaling is on
+            torch.nn.utils.clip_grad_norm_(self.clipped_params, self.config.optim.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(unwrap(next(iter(self.objective.eval_models().values()))))
         return out, targets
 
     def checked_step_loss(self, loss: torch.Tensor, epoch: int, step: int) -> float:
@@ -338,24 +444,36 @@ class Trainer:
         record["epoch_seconds"] = elapsed
         return record
 
+    def eval_models(self) -> dict[str, nn.Module]:
+        """What is evaluated and reported: the objective's models, or the EMA of the trained one (ema_decay)."""
+        return self.objective.eval_models() if self.ema is None else {"": self.ema.module}
+
     def evaluate_all(self) -> dict[str, Any]:
+        """Evaluate every reported model on the test loader (or its --eval-subset); with ema_decay the record
+        says `eval_weights: ema`, with a subset `eval_images: N`."""
         record: dict[str, Any] = {}
         reduce = self.dist.all_reduce_sum if self.dist is not None else None
+        models = self.eval_models()
         if self.dist is not None:  # every rank evaluates rank 0's model: same BatchNorm statistics too
-            self.dist.broadcast_buffers(self.objective.eval_models().values())
-        for name, model in self.objective.eval_models().items():
+            self.dist.broadcast_buffers(models.values())
+        show = self.is_main and not self.quiet
+        for name, model in models.items():
             result = evaluate(model, self.test_loader, self.device, self.config.precision,
                               self.config.channels_last, self.arch.get("num_classes"), self.eval_transform,
-                              reduce)
+                              reduce, progress=f"eval {name or 'model'}" if show else None)
             prefix = f"test_{name}_" if name else "test_"
             record.update(result.as_dict(prefix))
             if result.diverged:
                 record["diverged"] = True
             self.last_eval[name] = result
         if "test_top1" not in record:  # a cohort: the first model's numbers are the headline
-            first = next(iter(self.objective.eval_models()))
+            first = next(iter(models))
             for key in ("top1", "top5", "nll", "ece"):
                 record[f"test_{key}"] = record[f"test_{first}_{key}"]
+        if self.ema is not None:
+            record["eval_weights"] = "ema"
+        if self.eval_subset is not None:
+            record["eval_images"] = self.eval_subset
         return record
 
     def summary(self, last: dict[str, Any]) -> dict[str, Any]:
@@ -375,11 +493,19 @@ class Trainer:
 
     @staticmethod
     def describe(record: dict[str, Any]) -> str:
+        """The epoch line. It names what was evaluated when that is not the plain model on the whole test set:
+        `test (EMA weights, 1000-image subset) top-1 ...`; an epoch that --eval-every skips says so."""
+        start = (f"epoch {record['epoch']:>3}  lr {record['lr']:.4g}  loss {record['train_loss']:.4f}  "
+                 f"train {record['train_top1']:5.2f}%  ")
+        if "test_top1" not in record:
+            return f"{start}(not evaluated: --eval-every)  {record['images_per_sec']:.0f} img/s"
+        notes = [*(["EMA weights"] if record.get("eval_weights") == "ema" else []),
+                 *([f"{record['eval_images']}-image subset"] if record.get("eval_images") else [])]
+        test = f"test ({', '.join(notes)})" if notes else "test"
         if record.get("diverged"):
-            return (f"epoch {record['epoch']:>3}  lr {record['lr']:.4g}  loss {record['train_loss']:.4f}  "
-                    f"train {record['train_top1']:5.2f}%  test: diverged (non-finite outputs)  "
+            return (f"{start}{test}: diverged (non-finite outputs)  "
                     f"{record['images_per_sec']:.0f} img/s")
         return (f"epoch {record['epoch']:>3}  lr {record['lr']:.4g}  loss {record['train_loss']:.4f}  "
-                f"train {record['train_top1']:5.2f}%  test top-1 {record['test_top1']:5.2f}%  "
+                f"train {record['train_top1']:5.2f}%  {test} top-1 {record['test_top1']:5.2f}%  "
                 f"top-5 {record['test_top5']:5.2f}%  ECE {record['test_ece']:5.2f}%  "
                 f"{record['images_per_sec']:.0f} img/s")

@@ -39,7 +39,7 @@ EPOCHS = {"best": "best epoch (each run's highest test top-1; other metrics at t
           "last": "last epoch"}
 TEACHER, BASELINE = "teacher", "baseline"
 # Settings that do not change what a run computes; ignored when deciding which runs belong together.
-IGNORED = {"seed", "out", "teachers", "threads", "device", "log_every", "data.root", "data.workers",
+IGNORED = {"seed", "out", "teachers", "threads", "device", "log_every", "loggers", "data.root", "data.workers",
            "data.test_batch_size", "model", "method", "data.name", "data.fraction"}
 METHOD_KEYS = ("methods", "ce_weight", "init_epochs", "teacher_model", "teacher_weights", "teacher_mix")
 
@@ -182,8 +182,8 @@ def cohort_members(record: RunRecord) -> list[RunRecord]:
             own = {k: v for k, v in line.items() if not k.startswith("test_")}
             own.update({"test_" + k[len(prefix):]: v for k, v in line.items() if k.startswith(prefix)})
             metrics.append(own)
-        if not all("test_top1" in line for line in metrics):
-            continue  # an older cohort run without per-student metrics
+        if not any("test_top1" in line for line in metrics):
+            continue  # an older cohort run without per-student metrics (epochs --eval-every skipped have none)
         config = {**record.config, "model": model, "method": arch.get("variant", "dml"), "teachers": []}
         summary = {**record.summary, "arch": {**arch, "model": model},
                    "params": record.summary.get("params") if model == arch["cohort"][0] else None}
@@ -589,6 +589,11 @@ def make_report(paths: list[str], fmt: str = "md", epoch: str = "both", metrics:
         repeated = sum(len({(r.seed, r.member) for r in cell.runs}) < len(cell.runs) for cell in table.cells.values())
         if repeated:
             notes.append(f"{repeated} cell(s) hold several runs of one seed (copies of a run?); n counts them all")
+        subsets = sorted({int(r.config["eval_subset"]) for r in collection.runs if r.config.get("eval_subset")})
+        if subsets:
+            notes.append(f"{sum(bool(r.config.get('eval_subset')) for r in collection.runs)} run(s) were evaluated "
+                         f"on a {'/'.join(map(str, subsets))}-image subset of the test set (--eval-subset), not on "
+                         f"all of it")
         if any(cell.baseline_differs for cell in table.cells.values()):
             notes.append("* gain against the only baseline there is, trained with other settings (epochs, "
                          "precision, ...)")

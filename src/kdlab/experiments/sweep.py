@@ -51,7 +51,7 @@ MANAGED_KEYS = {"model": "students/teachers", "seed": "seeds", "out": "out", "te
                 "method": "methods", "teacher_model": "teachers", "teacher_weights": "teachers"}
 MANAGED_DATA_KEYS = {"name": "data", "fraction": "fractions"}
 # Keys that do not change what a run computes; a saved run is not 'changed' when only these differ.
-ENVIRONMENT_KEYS = {"out", "teachers", "threads", "device", "log_every", "data.root", "data.workers"}
+ENVIRONMENT_KEYS = {"out", "teachers", "threads", "device", "log_every", "loggers", "data.root", "data.workers"}
 STATES = ("done", "resume", "new", "changed", "external")
 
 

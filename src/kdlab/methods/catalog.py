@@ -6,6 +6,7 @@ table with `markdown_table()`).
 
 from __future__ import annotations
 
+from kdlab.errors import KdlabError
 from kdlab.methods import aliases, get, list_methods
 
 # A CIFAR ResNet's tap table, used to show which taps a method reads on a typical model.
@@ -17,9 +18,13 @@ _REFERENCE_POINTS = {
 
 
 def method_taps(name: str) -> tuple[list[str], list[str]]:
-    """(student taps, teacher taps) the method reads on a 3-stage CIFAR ResNet pair, 'logits' included."""
+    """(student taps, teacher taps) the method reads on a 3-stage CIFAR ResNet pair, 'logits' included; for a
+    method that refuses that pair (DeiT needs a distilled ViT student) the taps it declares."""
     cls = get(name)
-    student, teacher = cls().taps(_REFERENCE_POINTS, _REFERENCE_POINTS)
+    try:
+        student, teacher = cls().taps(_REFERENCE_POINTS, _REFERENCE_POINTS)
+    except KdlabError:
+        student, teacher = list(cls.student_tap_names), list(cls.teacher_tap_names)
     student = ["logits", *student]
     if cls.needs_teacher and cls().needs_teacher_logits():
         teacher = ["logits", *teacher]

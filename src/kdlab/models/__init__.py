@@ -1,4 +1,5 @@
-"""Model zoo: CIFAR-style networks of the distillation literature plus torchvision models (``tv:<name>``).
+"""Model zoo: CIFAR-style networks of the distillation literature plus torchvision models (``tv:<name>``) and
+timm models (``timm:<name>``, with the optional extra ``kdlab[timm]``).
 
 ``create(name, num_classes)`` builds a model whose forward returns logits only; intermediate tensors
 are read with forward hooks at the module paths given by ``tap_points(model)``.
@@ -16,10 +17,12 @@ from torch import nn
 
 from kdlab.errors import KdlabError, unknown_name
 from kdlab.models.hooks import FlatAdaptiveAvgPool2d, HookPoint
+from kdlab.models.mixer import MlpMixer
 from kdlab.models.mobilenetv2 import MobileNetV2
 from kdlab.models.resnet_cifar import resnet18_cifar, resnet_cifar, resnet_cifar_x4
 from kdlab.models.shufflenet import ShuffleNetV1, ShuffleNetV2
 from kdlab.models.vgg import VGG
+from kdlab.models.vit import VisionTransformer
 from kdlab.models.weights import load_weights, read_state_dict
 from kdlab.models.wrn import WideResNet
 
@@ -103,12 +106,32 @@ def _zoo() -> dict[str, _Spec]:
         "ShuffleNet V2 1x, stages 116/232/464, head 1024 (CRD benchmark 'ShuffleV2'; Ma et al. 2018)",
         ShuffleNetV2,
     )
+    zoo["vit_tiny_cifar"] = _Spec(
+        "vit",
+        "ViT for small images: 4x4 patches, width 192, 6 blocks, 3 heads, class token (Dosovitskiy et al. 2021; "
+        "DeiT-Tiny's width, Touvron et al. 2021); stages after blocks 2/4/6 as patch-grid maps, no final_map",
+        lambda c, i, s: VisionTransformer(c, i, s),
+    )
+    zoo["deit_tiny_cifar"] = _Spec(
+        "vit",
+        "vit_tiny_cifar with DeiT's distillation token and head (Touvron et al. 2021): logits = mean of both "
+        "heads; the student of method deit",
+        lambda c, i, s: VisionTransformer(c, i, s, distill_token=True),
+    )
+    zoo["mixer_cifar"] = _Spec(
+        "mixer",
+        "MLP-Mixer for small images: 4x4 patches, width 128, 6 blocks, token/channel MLPs 64/512 "
+        "(Tolstikhin et al. 2021); global average pooling, so final_map is defined",
+        lambda c, i, s: MlpMixer(c, i, s),
+    )
     return zoo
 
 
 ZOO = _zoo()
 ALIASES = {"mobile_half": "mobilenetv2", "shufflev1": "shufflenetv1", "shufflev2": "shufflenetv2"}
 TV_PREFIX = "tv:"
+TIMM_PREFIX = "timm:"
+TIMM_USAGE = "timm:<name>"  # the line `kdlab list models` shows for timm (thousands of names, not listed)
 
 
 def _torchvision():
@@ -118,12 +141,19 @@ def _torchvision():
     return torchvision_models
 
 
+def _timm():
+    """The timm adapter, imported on first use (timm is an optional dependency: kdlab[timm])."""
+    from kdlab.models import timm_models  # noqa: PLC0415 - timm is optional and slow to import
+
+    return timm_models
+
+
 _WRN_NAME = re.compile(r"wrn_(\d+)_(\d+)")
 
 
 def _normalise(name: str) -> str:
     name = str(name).strip()
-    if name.startswith(TV_PREFIX):
+    if name.startswith((TV_PREFIX, TIMM_PREFIX)):
         return name
     name = name.lower().replace("-", "_")
     return ALIASES.get(name, name)
@@ -145,16 +175,27 @@ def _zoo_spec(name: str) -> _Spec:
 
 
 def list_models(include_torchvision: bool = True) -> list[str]:
-    """All model names: the zoo (common WRN sizes listed; any ``wrn_D_K`` works) then ``tv:<name>``."""
+    """All model names: the zoo (common WRN sizes listed; any ``wrn_D_K`` works), then ``tv:<name>`` and one
+    ``timm:<name>`` line standing for every timm model (``timm.list_models()`` has over a thousand)."""
     names = list(ZOO)
     if include_torchvision:
         names += [TV_PREFIX + n for n in _torchvision().torchvision_names()]
+        names.append(TIMM_USAGE)
     return names
 
 
 def model_info(name: str) -> dict[str, str]:
     """``{'name', 'family', 'source', 'description'}`` for a model name (raises KdlabError if unknown)."""
     name = _normalise(name)
+    if name == TIMM_USAGE:
+        return {"name": name, "family": "timm", "source": "timm",
+                "description": "any timm model, e.g. timm:resnet18 or timm:vit_tiny_patch16_224 (untrained; "
+                               "pip install 'kdlab[timm]'; weights= a local file)"}
+    if name.startswith(TIMM_PREFIX):
+        arch = name[len(TIMM_PREFIX):]
+        if not _timm().is_timm_name(arch):
+            raise unknown_name("model", name, [TIMM_PREFIX + n for n in _timm().import_timm().list_models()])
+        return {"name": name, "family": "timm", "source": "timm", "description": _timm().describe(arch)}
     if name.startswith(TV_PREFIX):
         arch = name[len(TV_PREFIX) :]
         if arch not in _torchvision().torchvision_names():
@@ -198,6 +239,8 @@ def create(
     input_conv = None
     if name.startswith(TV_PREFIX):
         model, input_conv = _torchvision().build(name, num_classes, in_channels, image_size)
+    elif name.startswith(TIMM_PREFIX):
+        model, input_conv = _timm().build(name, num_classes, in_channels, image_size)
     else:
         model = _zoo_spec(name).builder(num_classes, in_channels, image_size)
     if weights is not None:

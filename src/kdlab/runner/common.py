@@ -14,10 +14,11 @@ from torch import nn
 
 from kdlab import data as datasets
 from kdlab import models
-from kdlab.config import Config, dump
+from kdlab.config import Config, dump, parse_randaugment
 from kdlab.data.augment import resize
 from kdlab.data.folder_recipe import describe as describe_folder
 from kdlab.data.folder_recipe import folder_stats
+from kdlab.data.fractions import stratified_count
 from kdlab.engine import checkpoint as ckpt
 from kdlab.engine.distributed import Context, on_main
 from kdlab.engine.objectives import StepOutput, SupervisedObjective
@@ -65,11 +66,37 @@ def build_data(config: Config, device: torch.device, distributed: Context | None
             raise KdlabError(f"data.fixed_augmentation works with in-memory datasets (CIFAR, MNIST, digits), not "
                              f"{d.name}; drop it or set data.augment=false")
         train_loader.fixed_augmentation = True
+    if d.randaugment and d.augment:
+        if not hasattr(train_loader, "randaugment"):
+            raise KdlabError(f"data.randaugment works with in-memory datasets (CIFAR, MNIST, digits), not {d.name} "
+                             f"(its images are augmented per file by torchvision); drop data.randaugment")
+        train_loader.randaugment = parse_randaugment(d.randaugment)
+    if config.eval_subset is not None:
+        restrict_test_set(test_loader, config.eval_subset)
     if d.name == "imagefolder" and not quiet and (distributed is None or distributed.is_main):
         stats = folder_stats(datasets.data_root(d.root) / "train")
         if stats is not None:
             print(describe_folder(stats, config), flush=True)
     return train_loader, test_loader, info
+
+
+EVAL_SUBSET_SEED = 0  # the same test images in every run, whatever its --seed, so that runs stay comparable
+
+
+def restrict_test_set(test_loader, count: int) -> None:
+    """--eval-subset N: the test loader keeps a fixed class-stratified subset of N test images (seeded with
+    EVAL_SUBSET_SEED, not the run's seed); nothing changes when N is at least the test set's size. The loader's
+    `eval_subset` (N, or None) tells the Trainer to name the subset in its epoch lines."""
+    dataset = test_loader.dataset
+    test_loader.eval_subset = None
+    if count >= len(dataset):
+        return
+    test_loader.eval_subset = count
+    positions = stratified_count(dataset.targets, count, EVAL_SUBSET_SEED)
+    if isinstance(dataset, datasets.InMemoryDataset):
+        test_loader.dataset = dataset.subset(positions)
+    else:  # IndexedImageFolder: positions of its kept samples
+        dataset.indices, dataset.targets = dataset.indices[positions], dataset.targets[positions]
 
 
 def arch_of(model_name: str, info, view: InputView | None = None) -> dict[str, Any]:
@@ -131,13 +158,13 @@ class DownscaledInput(nn.Module):
 class LowResolutionObjective(SupervisedObjective):
     """Cross-entropy on the downscaled view: the teacher-less baseline of cross-quality distillation."""
 
-    def __init__(self, model: nn.Module, view: Callable[[torch.Tensor], torch.Tensor]):
-        super().__init__(model)
+    def __init__(self, model: nn.Module, view: Callable[[torch.Tensor], torch.Tensor], label_smoothing: float = 0.0):
+        super().__init__(model, label_smoothing)
         self.view = view
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None = None,
-                epoch: int = 1) -> StepOutput:
-        return super().forward(self.view(images), targets, indices, epoch)
+                epoch: int = 1, mix=None) -> StepOutput:
+        return super().forward(self.view(images), targets, indices, epoch, mix)
 
 
 def create_trained_model(config: Config, info: Any, image_size: int, run_dir: Path, resume: bool,

@@ -53,7 +53,7 @@ def run_distill(config: Config, resume: bool = False, quiet: bool = False) -> di
         train_targets=getattr(getattr(train_loader, "dataset", None), "targets", None),
         train_indices=getattr(getattr(train_loader, "dataset", None), "indices", None),
         epochs=config.optim.epochs, num_classes=info.num_classes, student_input=view,
-        teacher_mix=config.teacher_mix).to(device)
+        teacher_mix=config.teacher_mix, label_smoothing=config.label_smoothing).to(device)
     record_run_length_defaults(config, objective, quiet or (dist is not None and not dist.is_main))
     # --cache-teacher: refuse non-deterministic inputs; load the disk cache or size the new one before training.
     attach_teacher_cache(config, objective, train_loader, (info.in_channels, info.image_size, info.image_size),
@@ -107,6 +107,7 @@ def run_init_stage(config: Config, objective, train_loader, test_loader, run_dir
     init_config.optim.schedule = "constant"
     init_config.optim.warmup_epochs = 0
     init_config.optim.extend_to = None  # --extend-to lengthens the main stage only
+    init_config.ema_decay = None  # the main stage's student is the one averaged and reported
     objective.set_phase("init")
     trainer = Trainer(init_config, objective, train_loader, test_loader, init_dir, arch, device,
                       distributed=distributed, quiet=quiet)

@@ -34,7 +34,7 @@ def run_mutual(config: Config, model_names: list[str], variant: str = "dml", res
     run_dir = on_main(dist, prepare_run_dir, config.out,
                       f"{variant}-{'-'.join(model_names)}-{info.name}-s{config.seed}", resume)
     names = cohort_names(model_names)
-    objective = MutualObjective(students, names, variant)
+    objective = MutualObjective(students, names, variant, label_smoothing=config.label_smoothing)
     arch = {**arch_of(model_names[0], info), "cohort": model_names, "variant": variant}
     trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch, device, distributed=dist,
                       quiet=quiet)

@@ -33,8 +33,8 @@ def run_train(config: Config, resume: bool = False, quiet: bool = False) -> dict
     model = prepare_model(create_trained_model(config, info, view.size if view else info.image_size, run_dir, resume,
                                                quiet), config, device)
     model = convert_sync_bn(model, config.sync_bn, device)
-    objective = (SupervisedObjective(maybe_compile(model, config)) if view is None
-                 else LowResolutionObjective(maybe_compile(model, config), view))
+    objective = (SupervisedObjective(maybe_compile(model, config), config.label_smoothing) if view is None
+                 else LowResolutionObjective(maybe_compile(model, config), view, config.label_smoothing))
     trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch_of(config.model, info, view),
                       device, eval_transform=view, distributed=dist, quiet=quiet)
     return fit(trainer, config, run_dir, resume)
