@@ -262,10 +262,28 @@ def test_report_plots_are_png_files(sweep, tmp_path):
     code, _, err = call(["report", sweep["root"], "--plots", tmp_path / "plots", "--epoch", "last"])
     assert code == 0, err
     files = sorted(p.name for p in (tmp_path / "plots").iterdir())
-    assert files == [f"digits-f0.3_resnet8-resnet8-{kind}.png" for kind in ("acc-ece", "curves", "reliability")]
+    assert files == [f"digits-f0.3_resnet8-resnet8-{kind}.png"
+                     for kind in ("acc-ece", "curves", "gains", "reliability")]
     for path in (tmp_path / "plots").iterdir():
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_gain_bars_are_sorted_with_the_seeds_spread():
+    from kdlab.experiments.plots import draw_gains, draw_reliability, pyplot
+
+    plt = pyplot()
+    fig, (ax, rel) = plt.subplots(1, 2)
+    draw_gains(ax, ["a", "b", "c"], [[1.0, 3.0], [-1.0], [0.5, 0.5, 0.5]], "gain")
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["b [n=1]", "c [n=3]", "a [n=2]"]  # best on top
+    widths = [p.get_width() for p in ax.patches]
+    assert widths == pytest.approx([-1.0, 0.5, 2.0])
+    # reliability: a bin of 2 samples is faded, share-of-sample bars sum to 1
+    draw_reliability(rel, [0.5, 0.9], [1.0, 0.8], [2, 98], "r")
+    labels = [h.get_label() for h in rel.containers]
+    assert labels == ["accuracy", "accuracy, < 5 samples", "share of samples"]
+    assert sum(p.get_height() for p in rel.containers[2]) == pytest.approx(1.0)
+    plt.close(fig)
 
 
 def test_report_fraction_table_when_runs_differ_by_fraction(sweep, tmp_path):

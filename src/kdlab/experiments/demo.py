@@ -113,24 +113,43 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(results: dict[str, list[dict[str, Any]]], rows: list[dict[str, Any]], path: Path) -> Path:
-    """Accuracy bars (mean ± std) and reliability diagrams of the last epoch of each run's first seed."""
-    from kdlab.experiments.plots import draw_reliability, pyplot
+    """A figure a KD paper would print: each method's gain over the baseline (sorted, seeds as dots), every run's
+    top-1 with the teacher and baseline as reference lines, and the reliability diagrams of the first seeds."""
+    from kdlab.experiments.plots import draw_gains, draw_reliability, pyplot
 
     plt = pyplot()
-    names = [r["name"] for r in rows]
-    fig, axes = plt.subplots(1, 1 + len(names), figsize=(3.2 * (1 + len(names)), 3.2))
-    ax = axes[0]
-    ax.bar(names, [r["top1"] for r in rows], yerr=[r["top1_std"] for r in rows], color="tab:blue", capsize=3)
-    low = min(r["top1"] - r["top1_std"] for r in rows)
-    ax.set_ylim(max(0.0, low - 3), 100)
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title("accuracy")
-    ax.tick_params(axis="x", rotation=45)
-    for ax, name in zip(axes[1:], names):
-        row = next(r for r in rows if r["name"] == name)
-        draw_reliability(ax, *load_bins(results[name][0]["run_dir"]), f"{name}: ECE {row['ece']:.2f}%")
-    axes[1].set_ylabel("accuracy")
-    axes[1].legend(loc="upper left", fontsize=7)
+    base = next(r for r in rows if r["name"] == "baseline")
+    teacher = next((r for r in rows if r["name"] == "teacher"), None)
+    methods = [r for r in rows if r["gain"] is not None]
+    ncols = 4
+    nrel = -(-len(rows) // ncols)
+    fig = plt.figure(figsize=(12, 3.6 + 2.7 * nrel))
+    grid = fig.add_gridspec(1 + nrel, ncols, height_ratios=[1.35] + [1.0] * nrel)
+    gains = fig.add_subplot(grid[0, :2])
+    draw_gains(gains, [r["name"] for r in methods],
+               [[run["last"]["test_top1"] - base["top1"] for run in results[r["name"]]] for r in methods],
+               "gain in test top-1 over the student alone (points)")
+    gains.set_title(f"gain over the baseline ({base['top1']:.2f}%; mean ± std over seeds, dots: seeds)", fontsize=9)
+    accuracy = fig.add_subplot(grid[0, 2:])
+    for x, r in enumerate(rows):
+        values = [run["last"]["test_top1"] for run in results[r["name"]]]
+        accuracy.bar(x, r["top1"], color="tab:blue" if r["gain"] is not None else "0.6", alpha=0.6)
+        accuracy.plot([x] * len(values), values, "k.", ms=4)
+    accuracy.axhline(base["top1"], color="0.3", ls=":", lw=1, label="baseline mean")
+    if teacher is not None:
+        accuracy.axhline(teacher["top1"], color="tab:purple", ls="--", lw=1, label="teacher")
+    accuracy.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=30, ha="right", fontsize=8)
+    accuracy.set_ylim(0, 100)
+    accuracy.set_ylabel("test top-1 (%), last epoch")
+    accuracy.set_title("every run (bars: mean, dots: seeds)", fontsize=9)
+    accuracy.legend(fontsize=7, loc="lower right")
+    axes = [fig.add_subplot(grid[1 + i // ncols, i % ncols]) for i in range(len(rows))]
+    for ax, row in zip(axes, rows):
+        draw_reliability(ax, *load_bins(results[row["name"]][0]["run_dir"]),
+                         f"{row['name']} (seed 0): ECE {results[row['name']][0]['last']['test_ece']:.2f}%")
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(loc="upper left", fontsize=6)
+    fig.suptitle("kdlab demo: resnet20 → resnet8 on 10% of the 8x8 digits", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

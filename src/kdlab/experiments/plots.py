@@ -1,8 +1,9 @@
 """PNG plots for `kdlab report --plots DIR` and `kdlab demo` (matplotlib, Agg backend: no display needed).
 
 Per teacher→student column of a report: test top-1 per epoch for each method (mean over seeds, min-max
-band), accuracy against ECE at the last epoch (one point per run), and reliability diagrams of the last
-epoch (the first seed of each method).
+band), accuracy against ECE at the last epoch (one point per run), each method's gain over the baseline
+(sorted bars with the seeds' spread), and reliability diagrams of the last epoch (the first seed of each method,
+with the share of samples per bin).
 """
 
 from __future__ import annotations
@@ -45,12 +46,26 @@ def outside_legend(ax: Any, count: int) -> None:
               ncol=1 if count <= 16 else 2, frameon=False)
 
 
+MIN_BIN = 5  # reliability bins with fewer samples are drawn faded and hatched: their accuracy is mostly noise
+
+
 def draw_reliability(ax: Any, confidence: list[float], accuracy: list[float], count: list[int], title: str) -> None:
-    """One reliability diagram: accuracy per confidence bin (empty bins drawn at 0) against the diagonal."""
+    """One reliability diagram: accuracy per confidence bin against the diagonal, with the share of the test
+    samples in each bin as grey bars behind; bins of fewer than MIN_BIN samples are faded and hatched (a bin of
+    one sample drawn as a full bar would mislead). Empty bins draw nothing."""
     bins = len(confidence)
+    total = max(1, sum(count))
     centers = [(i + 0.5) / bins for i in range(bins)]
-    ax.bar(centers, [a if c else 0 for a, c in zip(accuracy, count)], width=1 / bins, edgecolor="k",
-           color="tab:orange", label="accuracy")
+    solid = [(x, a) for x, a, c in zip(centers, accuracy, count) if c >= MIN_BIN]
+    sparse = [(x, a) for x, a, c in zip(centers, accuracy, count) if 0 < c < MIN_BIN]
+    if solid:
+        ax.bar([x for x, _ in solid], [a for _, a in solid], width=1 / bins, edgecolor="k", color="tab:orange",
+               alpha=0.85, label="accuracy")
+    if sparse:
+        ax.bar([x for x, _ in sparse], [a for _, a in sparse], width=1 / bins, edgecolor="0.4", color="tab:orange",
+               alpha=0.25, hatch="//", label=f"accuracy, < {MIN_BIN} samples")
+    ax.bar(centers, [c / total for c in count], width=0.3 / bins, color="0.25", zorder=3,
+           label="share of samples")  # narrow, on top: visible inside the accuracy bars
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("confidence")
@@ -78,13 +93,69 @@ def report_plots(table: Table, out_dir: Path) -> list[Path]:
             title += f" ({column.fraction:.0%} data)"
         written.append(_curves(plt, rows, title, stem.with_name(stem.name + "-curves.png"), TEACHER))
         written.append(_scatter(plt, rows, title, stem.with_name(stem.name + "-acc-ece.png")))
-        path = _reliability(plt, rows, title, stem.with_name(stem.name + "-reliability.png"))
-        if path is not None:
-            written.append(path)
+        for path in (_gains(plt, rows, title, stem.with_name(stem.name + "-gains.png")),
+                     _reliability(plt, rows, title, stem.with_name(stem.name + "-reliability.png"))):
+            if path is not None:
+                written.append(path)
     return written
 
 
+SMALL_MULTIPLES = 8  # more methods than this: one small panel per method instead of one crowded plot
+
+
+def _top1_by_epoch(cell: Any) -> dict[int, list[float]]:
+    by_epoch: dict[int, list[float]] = {}
+    for run in cell.runs:
+        for record in run.metrics:
+            if isinstance(record.get("test_top1"), (int, float)):
+                by_epoch.setdefault(int(record["epoch"]), []).append(float(record["test_top1"]))
+    return by_epoch
+
+
+def _band(ax: Any, cell: Any, color: Any, label: str, marker: str | None = None) -> None:
+    """Mean test top-1 per epoch over the cell's runs, with the min-max band when there are several."""
+    by_epoch = _top1_by_epoch(cell)
+    epochs = sorted(by_epoch)
+    ax.plot(epochs, [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs], color=color, marker=marker,
+            markersize=3, lw=1.2, label=label)
+    if len(cell.runs) > 1:
+        ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs],
+                        color=color, alpha=0.15, lw=0)
+
+
+def _small_multiples(plt: Any, rows: list, title: str, path: Path, teacher_label: str) -> Path:
+    """One small panel per method (its curve over the baseline's, same axes), for columns with many methods."""
+    baseline = next((cell for label, cell in rows if label.startswith("baseline")), None)
+    teacher = next((cell for label, cell in rows if label == teacher_label), None)
+    methods = [(label, cell) for label, cell in rows if label != teacher_label and cell is not baseline]
+    ncols = 5
+    nrows = -(-len(methods) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.5 * ncols, 2.1 * nrows + 0.6), sharex=True, sharey=True,
+                             squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax, (label, cell) in zip(flat, methods):
+        if baseline is not None:
+            _band(ax, baseline, "0.55", "baseline")
+        if teacher is not None:
+            ax.axhline(sum(r.at("last")["test_top1"] for r in teacher.runs) / len(teacher.runs), color="tab:purple",
+                       ls="--", lw=0.8, label="teacher")
+        _band(ax, cell, "tab:blue", label)
+        ax.set_title(f"{label} [n={len(cell.runs)}]", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    for ax in flat[len(methods):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel("test top-1 (%)", fontsize=8)
+    flat[0].legend(fontsize=6, loc="lower right")
+    fig.suptitle(f"{title}: test top-1 per epoch, each method (blue) against the baseline (grey); mean, min-max "
+                 f"over seeds", fontsize=9)
+    return _save(plt, fig, path)
+
+
 def _curves(plt: Any, rows: list, title: str, path: Path, teacher_label: str) -> Path:
+    if len(rows) > SMALL_MULTIPLES + 2:  # + teacher and baseline
+        return _small_multiples(plt, rows, title, path, teacher_label)
     fig, ax = plt.subplots(figsize=(7.0 if len(rows) <= 16 else 8.6, 4.4))
     for index, (label, cell) in enumerate(rows):
         color, marker = style(index)
@@ -92,17 +163,7 @@ def _curves(plt: Any, rows: list, title: str, path: Path, teacher_label: str) ->
             mean = sum(r.at("last")["test_top1"] for r in cell.runs) / len(cell.runs)
             ax.axhline(mean, color=color, ls="--", lw=1, label=f"{label} (last epoch)")
             continue
-        by_epoch: dict[int, list[float]] = {}
-        for run in cell.runs:
-            for record in run.metrics:
-                if isinstance(record.get("test_top1"), (int, float)):
-                    by_epoch.setdefault(int(record["epoch"]), []).append(float(record["test_top1"]))
-        epochs = sorted(by_epoch)
-        ax.plot(epochs, [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs], color=color, marker=marker,
-                markersize=3, lw=1.2, label=f"{label} [n={len(cell.runs)}]")
-        if len(cell.runs) > 1:
-            ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs],
-                            color=color, alpha=0.15, lw=0)
+        _band(ax, cell, color, f"{label} [n={len(cell.runs)}]", marker)
     ax.xaxis.get_major_locator().set_params(integer=True)
     return _finish_top1_axes(plt, fig, ax, "epoch", f"{title}: test top-1 per epoch (mean, min-max over seeds)",
                              len(rows), path)
@@ -131,6 +192,42 @@ def _scatter(plt: Any, rows: list, title: str, path: Path) -> Path:
             ax.annotate(label, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=6, color="0.25")
     return _finish_top1_axes(plt, fig, ax, "ECE (%) — lower is better",
                              f"{title}: accuracy vs calibration, last epoch (one point per run)", len(rows), path)
+
+
+def draw_gains(ax: Any, labels: list[str], seed_gains: list[list[float]], xlabel: str) -> None:
+    """Horizontal bars of each method's mean gain over the baseline (sorted, best on top), the std over seeds as
+    error bars and every seed as a dot; a line at zero. Long labels stay readable on the y axis."""
+    order = sorted(range(len(labels)), key=lambda i: sum(seed_gains[i]) / len(seed_gains[i]))
+    for y, i in enumerate(order):
+        gains = seed_gains[i]
+        mean = sum(gains) / len(gains)
+        std = (sum((g - mean) ** 2 for g in gains) / (len(gains) - 1)) ** 0.5 if len(gains) > 1 else 0.0
+        ax.barh(y, mean, xerr=std, color="tab:green" if mean > 0 else "tab:red", alpha=0.7, capsize=3,
+                error_kw={"lw": 1})
+        ax.plot(gains, [y] * len(gains), "k.", ms=4)
+    ax.set_yticks(range(len(order)), [f"{labels[i]} [n={len(seed_gains[i])}]" for i in order], fontsize=8)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _gains(plt: Any, rows: list, title: str, path: Path) -> Path | None:
+    """Each method's gain over its baseline at the last epoch: mean ± std over seeds, every seed as a dot."""
+    labels, seed_gains = [], []
+    for label, cell in rows:
+        if cell.baseline is None or cell.baseline is cell:
+            continue
+        base = cell.baseline.stats("top1", "last")[0]
+        gains = [v - base for v in cell.values("top1", "last")]
+        if gains:
+            labels.append(label)
+            seed_gains.append(gains)
+    if not labels:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, max(2.4, 1.2 + 0.32 * len(labels))))
+    draw_gains(ax, labels, seed_gains, "gain in test top-1 over the baseline (points), last epoch")
+    ax.set_title(f"{title}\ngain over the baseline (mean ± std over seeds; dots: seeds)", fontsize=9)
+    return _save(plt, fig, path)
 
 
 def _reliability(plt: Any, rows: list, title: str, path: Path) -> Path | None:
