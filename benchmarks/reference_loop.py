@@ -339,16 +339,18 @@ def vs_fastest(cases: dict[str, Case], prefix: str) -> dict[str, float]:
 
 
 def torchdistill_checks(r: dict) -> list[list]:
-    """kdlab fp32 >= 1.2x torchdistill; where bf16 is native, kdlab's fastest mode >= 2x."""
+    """kdlab in fp32 (its faster fp32 layout: plain or channels_last) >= 1.2x torchdistill; where bf16 is native,
+    kdlab's fastest mode >= 2x."""
     ratios = {k: v for k, v in r["vs_torchdistill"].items() if not k.endswith("cached teacher")}
     if not ratios:
         return []
     pair = f"{r['teacher']}->{r['student']}"
     checks = []
-    if "kdlab fp32" in ratios:
-        ratio = ratios["kdlab fp32"]
-        checks.append([f"kdlab fp32 KD / fastest torchdistill, {pair}", f">= {TD_TARGET_FP32:.1f}x",
-                       f"{ratio:.2f}x", "met" if ratio >= TD_TARGET_FP32 else "NOT met"])
+    fp32 = {k: v for k, v in ratios.items() if "bf16" not in k and "fp16" not in k}
+    if fp32:
+        best = max(fp32, key=fp32.get)
+        checks.append([f"{best} (fastest fp32) KD / fastest torchdistill, {pair}", f">= {TD_TARGET_FP32:.1f}x",
+                       f"{fp32[best]:.2f}x", "met" if fp32[best] >= TD_TARGET_FP32 else "NOT met"])
     if cpu_bf16_is_native():
         best = max(ratios, key=ratios.get)
         checks.append([f"{best} KD / fastest torchdistill, {pair}", f">= {TD_TARGET_BF16:.1f}x",
