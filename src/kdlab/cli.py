@@ -296,6 +296,7 @@ def cmd_list(args: argparse.Namespace) -> None:
         for name in models.list_models():
             print(f"{name:<20} {models.model_info(name).get('description', '')}")
         print("tv:<name>            any torchvision classification model (weights from a local file only)")
+        print(models.TIMM_USAGE)
     elif what == "datasets":
         from kdlab import data
 

@@ -111,10 +111,13 @@ def test_timm_errors_are_one_line(monkeypatch):
         timm_models.import_timm()
 
 
-def test_list_models_shows_timm_usage_not_every_name():
-    names = models.list_models()
-    assert "timm:<name>" in names and not any(n.startswith("timm:") and n != "timm:<name>" for n in names)
-    assert "pip install 'kdlab[timm]'" in models.model_info("timm:<name>")["description"]
+def test_kdlab_list_models_shows_one_timm_line_and_lists_only_real_names(capsys):
+    from kdlab.cli import main
+
+    assert not any(n.startswith("timm:") for n in models.list_models())  # every listed name can be created
+    assert main(["list", "models"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("timm:")]
+    assert len(lines) == 1 and lines[0].startswith("timm:<name>") and "pip install 'kdlab[timm]'" in lines[0]
 
 
 REFUSED = {"catkd": "final_map", "sdd": "final_map", "deit": "distillation token"}  # the ViT student has no final_map

@@ -131,7 +131,8 @@ ZOO = _zoo()
 ALIASES = {"mobile_half": "mobilenetv2", "shufflev1": "shufflenetv1", "shufflev2": "shufflenetv2"}
 TV_PREFIX = "tv:"
 TIMM_PREFIX = "timm:"
-TIMM_USAGE = "timm:<name>"  # the line `kdlab list models` shows for timm (thousands of names, not listed)
+TIMM_USAGE = ("timm:<name>          any timm model, e.g. timm:resnet18 or timm:vit_tiny_patch16_224 (untrained; "
+              "pip install 'kdlab[timm]'; weights from a local file only)")  # `kdlab list models`' timm line
 
 
 def _torchvision():
@@ -175,22 +176,17 @@ def _zoo_spec(name: str) -> _Spec:
 
 
 def list_models(include_torchvision: bool = True) -> list[str]:
-    """All model names: the zoo (common WRN sizes listed; any ``wrn_D_K`` works), then ``tv:<name>`` and one
-    ``timm:<name>`` line standing for every timm model (``timm.list_models()`` has over a thousand)."""
+    """All model names: the zoo (common WRN sizes listed; any ``wrn_D_K`` works), then ``tv:<name>``. timm models
+    (``timm:<name>``, over a thousand) are not listed: `kdlab list models` names them in one line."""
     names = list(ZOO)
     if include_torchvision:
         names += [TV_PREFIX + n for n in _torchvision().torchvision_names()]
-        names.append(TIMM_USAGE)
     return names
 
 
 def model_info(name: str) -> dict[str, str]:
     """``{'name', 'family', 'source', 'description'}`` for a model name (raises KdlabError if unknown)."""
     name = _normalise(name)
-    if name == TIMM_USAGE:
-        return {"name": name, "family": "timm", "source": "timm",
-                "description": "any timm model, e.g. timm:resnet18 or timm:vit_tiny_patch16_224 (untrained; "
-                               "pip install 'kdlab[timm]'; weights= a local file)"}
     if name.startswith(TIMM_PREFIX):
         arch = name[len(TIMM_PREFIX):]
         if not _timm().is_timm_name(arch):
