@@ -140,7 +140,7 @@ def _small_multiples(plt: Any, rows: list, title: str, path: Path, teacher_label
             ax.axhline(sum(r.at("last")["test_top1"] for r in teacher.runs) / len(teacher.runs), color="tab:purple",
                        ls="--", lw=0.8, label="teacher")
         _band(ax, cell, "tab:blue", label)
-        ax.set_title(f"{label} [n={len(cell.runs)}]", fontsize=8)
+        ax.set_title(f"{label} [n={cell.seeds}]", fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
     for ax in flat[len(methods):]:
@@ -163,7 +163,7 @@ def _curves(plt: Any, rows: list, title: str, path: Path, teacher_label: str) ->
             mean = sum(r.at("last")["test_top1"] for r in cell.runs) / len(cell.runs)
             ax.axhline(mean, color=color, ls="--", lw=1, label=f"{label} (last epoch)")
             continue
-        _band(ax, cell, color, f"{label} [n={len(cell.runs)}]", marker)
+        _band(ax, cell, color, f"{label} [n={cell.seeds}]", marker)
     ax.xaxis.get_major_locator().set_params(integer=True)
     return _finish_top1_axes(plt, fig, ax, "epoch", f"{title}: test top-1 per epoch (mean, min-max over seeds)",
                              len(rows), path)

@@ -172,7 +172,7 @@ def _read_run(run_dir: Path) -> RunRecord | None:
 def cohort_members(record: RunRecord) -> list[RunRecord]:
     """A deep-mutual-learning run as one record per cohort student: method 'dml' or 'dml_e', no teacher, its
     own test metrics (test_<name>_top1 -> test_top1, ...), so it sits beside the baseline of its architecture.
-    Students of one cohort with the same architecture share a cell: n counts students x seeds."""
+    Students of one cohort with the same architecture share a cell and are averaged per run: n counts seeds."""
     arch = record.summary["arch"]
     members = []
     for name, model in zip(cohort_names(arch["cohort"]), arch["cohort"], strict=True):
@@ -293,11 +293,21 @@ class Cell:
     baseline_differs: bool = False  # the only baseline there is was trained with other settings
 
     def values(self, metric: str, epoch: str) -> list[float]:
-        """The runs' numbers; a diverged run has none, so no mean includes it."""
-        return [_number(r.at(epoch).get(f"test_{metric}")) for r in self.runs if not r.diverged(epoch)]
+        """One number per seed: a run's, or the mean of the students one cohort run has in this cell (a cohort's
+        students are not seeds); a diverged run has none, so no mean includes it."""
+        groups: dict[Any, list[float]] = {}
+        for r in self.runs:
+            if not r.diverged(epoch):
+                groups.setdefault(_seed_key(r), []).append(_number(r.at(epoch).get(f"test_{metric}")))
+        return [sum(v) / len(v) for v in groups.values()]
 
     def diverged(self, epoch: str) -> int:
-        return sum(r.diverged(epoch) for r in self.runs)
+        return len({_seed_key(r) for r in self.runs if r.diverged(epoch)})
+
+    @property
+    def seeds(self) -> int:
+        """Independent runs in the cell (a cohort run counts once, whatever its number of students)."""
+        return len({_seed_key(r) for r in self.runs})
 
     def stats(self, metric: str, epoch: str) -> tuple[float, float, int]:
         values = self.values(metric, epoch)
@@ -308,6 +318,11 @@ class Cell:
         if self.baseline is None:
             return None
         return self.stats(metric, epoch)[0] - self.baseline.stats(metric, epoch)[0]
+
+
+def _seed_key(run: RunRecord) -> Any:
+    """What makes a run independent: its directory for a cohort's students, the record itself otherwise."""
+    return ("cohort", run.run_dir) if run.member else id(run)
 
 
 @dataclass
@@ -582,8 +597,8 @@ def make_report(paths: list[str], fmt: str = "md", epoch: str = "both", metrics:
         notes = [f"{len({r.run_dir for r in collection.runs})} finished runs"]
         cohorts = {r.run_dir for r in collection.runs if r.member}
         if cohorts:
-            notes.append(f"{len(cohorts)} of them deep-mutual-learning cohorts, one row entry per student "
-                         f"(n counts students x seeds)")
+            notes.append(f"{len(cohorts)} of them deep-mutual-learning cohorts; a cohort's students of one "
+                         f"architecture share a cell, averaged per run, so n counts runs (seeds), not students")
         if collection.unfinished:
             notes.append(f"{len(collection.unfinished)} unfinished run(s) left out (no summary.json yet)")
         repeated = sum(len({(r.seed, r.member) for r in cell.runs}) < len(cell.runs) for cell in table.cells.values())
