@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="sweep root (default: the file's 'out')")
     p.add_argument("--data-root", help="folder holding the datasets (default: the file's 'data_root')")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="run N grid points at once, each with "
+                   "cores/N threads (docs/experiments.md)")
 
     p = sub.add_parser("report", help="tables and plots from run directories or sweep roots")
     p.add_argument("paths", nargs="+", metavar="RUNS_OR_SWEEP_DIR")
@@ -436,7 +438,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from kdlab.experiments.sweep import run_sweep
 
     run_sweep(args.file, out=args.out, data_root=args.data_root, only=args.only, dry_run=args.dry_run,
-              quiet=args.quiet)
+              quiet=args.quiet, jobs=args.jobs)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {  # command name -> its handler

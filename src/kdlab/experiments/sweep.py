@@ -33,6 +33,7 @@ from kdlab import data as datasets
 from kdlab import models
 from kdlab.engine.logging import read_metrics
 from kdlab.errors import KdlabError, closest
+from kdlab.experiments.parallel import execute_parallel
 from kdlab.methods import get, parse
 from kdlab.runner.distill import run_distill
 from kdlab.runner.train import run_train
@@ -544,8 +545,11 @@ Runner = Callable[..., dict[str, Any]]
 
 
 def run_sweep(path: str | Path, out: str | None = None, data_root: str | None = None, only: list[str] | None = None,
-              dry_run: bool = False, quiet: bool = False, echo: Callable[[str], None] = print) -> Sweep:
-    """Plan the sweep, then run what is not finished, in order (teachers first). Returns the plan."""
+              dry_run: bool = False, quiet: bool = False, echo: Callable[[str], None] = print, jobs: int = 1) -> Sweep:
+    """Plan the sweep, then run what is not finished, in order (teachers first), `jobs` at a time (each in its
+    own process with its share of the cores, kdlab.experiments.parallel). Returns the plan."""
+    if jobs < 1:
+        raise KdlabError(f"--jobs must be >= 1, got {jobs}")
     sweep = load_sweep(path, out, data_root)
     runs = select(sweep.runs, only)
     if not runs:
@@ -557,7 +561,7 @@ def run_sweep(path: str | Path, out: str | None = None, data_root: str | None = 
         return sweep
     _refuse_to_start(sweep, runs)
     todo = [r for r in runs if r.state in ("new", "resume")]
-    failed = _execute(todo, quiet, echo)
+    failed = _execute(todo, quiet, echo) if jobs == 1 else execute_parallel(todo, jobs, echo, _clear_if_new)
     if failed:
         first = next(iter(failed.items()))
         raise KdlabError(f"{len(failed)} of {len(todo)} runs failed (first: {first[0]}: {first[1]}); fix the cause "
@@ -596,12 +600,16 @@ def _execute(todo: list[PlannedRun], quiet: bool, echo: Callable[[str], None]) -
     return failed
 
 
+def _clear_if_new(run: PlannedRun) -> None:
+    if run.state == "new" and run.run_dir.is_dir():
+        _clear_partial(run.run_dir)
+
+
 def _execute_one(run: PlannedRun, quiet: bool, echo: Callable[[str], None], start: float) -> str | None:
     """One run (a partial one without checkpoint cleared first); None when it finished, else why it failed.
     A bug in one run must not lose a night of others, so any exception is caught (its traceback printed);
     Ctrl-C stops the sweep."""
-    if run.state == "new" and run.run_dir.is_dir():
-        _clear_partial(run.run_dir)
+    _clear_if_new(run)
     runner: Runner = run_train if run.kind in ("teacher", BASELINE) else run_distill
     try:
         summary = runner(run.config, resume=run.state == "resume", quiet=quiet)
