@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from kdlab.errors import KdlabError
+from kdlab.runner.distill import run_distill
+from kdlab.runner.train import run_train
 
 POLL_S = 0.2
 
@@ -27,9 +29,6 @@ def threads_per_job(jobs: int) -> int:
 
 def _worker(name: str, kind: str, config: Any, resume: bool, threads: int, results: Any) -> None:
     """One run in a child process: its summary or its error goes back through `results`."""
-    from kdlab.runner.distill import run_distill  # noqa: PLC0415 - imported in the child, after spawn
-    from kdlab.runner.train import run_train  # noqa: PLC0415
-
     config.threads = threads
     try:
         runner = run_train if kind in ("teacher", "baseline") else run_distill
