@@ -14,6 +14,10 @@ the teacher's logits see one combined teacher (`mix_teacher_logits`), every othe
 teacher, with its own connectors, and its terms are the teacher_mix-weighted sum of the per-teacher terms
 (kdlab.distillation.teachers). Methods never know how many teachers there are.
 
+A method with `views > 1` (SSKD) expands the batch (`expand_batch`: its rotations, view-major): the teacher and
+the student run on the expanded batch, that method reads all of it, CE and the other methods read the first view
+(the batch as loaded).
+
 Two-stage methods: `set_phase('init')` trains only the methods' `init_modules` on their `init_forward` terms;
 `set_phase('main')` freezes each method's `frozen_in_main` submodules (see `_freeze_after_init`).
 """
@@ -285,11 +289,17 @@ class DistillationLoss(nn.Module):
     def forward(self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None = None,
                 epoch: int = 1, mix: Mix | None = None) -> StepOutput:
         self._freeze_after_init(self.phase == "main")
-        batches = self._batches(images, targets, indices, epoch)
+        expander = self.batch_expander()
+        batches = self._batches(images if expander is None else expander.expand_batch(images), targets, indices,
+                                epoch)
+        views = {}  # the expanding method reads every view; CE and the other methods read the batch as loaded
+        if expander is not None:
+            views = {id(expander): [replace(b, views=expander.views) for b in batches]}
+            batches = [_first_view(b, images.shape[0]) for b in batches]
         logits = batches[0].student_logits
         if self.phase == "init":
             terms = {name: value for m in self.init_methods()
-                     for name, value in self._mix.terms(m, batches, _init_forward).items()}
+                     for name, value in self._mix.terms(m, views.get(id(m), batches), _init_forward).items()}
             total = sum(terms.values())
             return StepOutput(loss=total, terms={k: v.detach() for k, v in terms.items()}, logits=logits)
         ce = classification_loss(logits, targets, mix, self.label_smoothing)
@@ -298,7 +308,7 @@ class DistillationLoss(nn.Module):
         clipped = None
         for m in self.methods:
             factor = m.weight * m.scale(epoch)
-            for name, value in self._mix.terms(m, batches, _main_forward).items():
+            for name, value in self._mix.terms(m, views.get(id(m), batches), _main_forward).items():
                 value = factor * value
                 terms[name] = value
                 if m.clip_to_ce:
@@ -310,6 +320,11 @@ class DistillationLoss(nn.Module):
         if clipped is not None:
             out.backward = lambda scale=1.0: self._clipped_backward(total, clipped, epoch, scale)
         return out
+
+    def batch_expander(self) -> Method | None:
+        """The method whose `expand_batch` gives the batch both networks see (SSKD's rotations), or None;
+        `methods.parse` allows one such method per combination."""
+        return next((m for m in self.methods if m.views > 1), None)
 
     def _batches(self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None,
                  epoch: int) -> list[DistillBatch]:
@@ -358,6 +373,15 @@ class DistillationLoss(nn.Module):
     def remove_hooks(self) -> None:
         for recorder in [self._student_taps, *self._teacher_recorders]:
             recorder.remove()
+
+
+def _first_view(batch: DistillBatch, n: int) -> DistillBatch:
+    """The rows of an expanded (view-major) batch that belong to the images as loaded: [0, n)."""
+    def head(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t[:n]
+    return replace(batch, student_logits=head(batch.student_logits), teacher_logits=head(batch.teacher_logits),
+                   student={k: v[:n] for k, v in batch.student.items()},
+                   teacher={k: v[:n] for k, v in batch.teacher.items()})
 
 
 def _main_forward(m: Method, batch: DistillBatch) -> dict[str, torch.Tensor]:

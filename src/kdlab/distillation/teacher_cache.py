@@ -283,6 +283,9 @@ def check_cacheable(config: Any, objective: Any, train_loader: Any, distributed:
     if objective.teacher_train_mode:
         raise KdlabError(f"--cache-teacher cannot cache method '{method}': its teacher runs in train mode (batch "
                          f"statistics), so its outputs change with every batch; drop --cache-teacher")
+    if any(m.views > 1 for m in getattr(objective, "methods", ())):  # SSKD's rotations (Method.expand_batch)
+        raise KdlabError(f"--cache-teacher cannot cache method '{method}': its teacher sees transformed views of "
+                         f"each batch (rotations), not the samples the cache is keyed by; drop --cache-teacher")
     if distributed is not None and distributed.world_size > 1:
         raise KdlabError("--cache-teacher runs in one process only (each rank sees other samples every epoch); "
                          "drop it under torchrun")

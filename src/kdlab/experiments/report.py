@@ -399,13 +399,40 @@ def group_baselines(baselines: list[RunRecord]) -> dict[tuple[str, float, str], 
 
 
 def group_distillations(distill: list[RunRecord]) -> dict[Column, dict[str, Groups]]:
-    """Column -> method -> settings -> runs; the column's teacher is the teacher run's model."""
+    """Column -> method -> settings -> runs; the column's teacher is the teacher run's model. A chain's link whose
+    teacher is itself a distillation run (TAKD: teacher -> assistant -> student) goes into the column of the
+    chain's first teacher, in the row '<method> via <assistant>[ → ...]'; the assistant's own link is an ordinary
+    run in the column teacher → assistant."""
     groups: dict[Column, dict[str, Groups]] = defaultdict(lambda: defaultdict(dict))
     for r in distill:
-        teacher = r.teacher.model if r.teacher is not None else _teacher_name(r)
+        root, assistants = chain_of(r)
+        row = r.method or "?"
+        if assistants:
+            teacher = root.model if root is not None else _teacher_name(assistants[0])
+            row = f"{row} via {' → '.join(a.model for a in assistants)}"
+        else:
+            teacher = r.teacher.model if r.teacher is not None else _teacher_name(r)
         column = Column(r.data, r.fraction, teacher, r.model)
-        groups[column][r.method or "?"].setdefault(r.signature(), []).append(r)
+        groups[column][row].setdefault(r.signature(), []).append(r)
     return groups
+
+
+def _is_distillation(record: RunRecord) -> bool:
+    return bool(record.config.get("teachers") or record.method)
+
+
+def chain_of(record: RunRecord) -> tuple[RunRecord | None, list[RunRecord]]:
+    """(first teacher, assistants from it towards the student) of a distillation run: (its teacher, []) unless
+    its teacher is itself a distillation run (a TAKD chain, docs/experiments.md#chains-teacher-assistants-takd)."""
+    assistants: list[RunRecord] = []
+    teacher = record.teacher
+    while teacher is not None and _is_distillation(teacher) and all(teacher is not a for a in assistants):
+        assistants.insert(0, teacher)
+        if teacher.teacher is None and teacher.config.get("teachers"):  # an assistant read from disk, not linked
+            teacher.teacher_dir = Path(str(teacher.config["teachers"][0])).parent
+            teacher.teacher = _read_run(teacher.teacher_dir) if teacher.teacher_dir.is_dir() else None
+        teacher = teacher.teacher
+    return teacher, assistants
 
 
 def table_columns(dist_groups: dict[Column, dict[str, Groups]],
@@ -434,7 +461,8 @@ def column_cells(column: Column, base_variants: Groups, method_variants: dict[st
         for key, group in variants.items():
             cells[(column, labels[key])] = method_cell(group, key, base_cells)
             rows.setdefault(labels[key], 2)
-            teachers.update({r.teacher.run_dir.resolve(): r.teacher for r in group if r.teacher is not None})
+            roots = [chain_of(r)[0] for r in group]
+            teachers.update({t.run_dir.resolve(): t for t in roots if t is not None})
     if teachers:
         cells[(column, TEACHER)] = Cell(list(teachers.values()))
         rows.setdefault(TEACHER, 0)

@@ -5,6 +5,8 @@ Every grid point is a normal run directory under the sweep root, named so a pers
     <root>/<data>/teachers/<teacher>/s<seed>                    teachers, trained first (on the full data)
     <root>/<data>[-f0.25]/students/<student>/s<seed>            baseline students (cross-entropy only)
     <root>/<data>[-f0.25]/<teacher>-<student>/<method>/s<seed>  distillation runs (teacher = its best.pt)
+    <root>/<data>[-f0.25]/<chain>/<teacher>-<assistant>/s<seed>  chains (TAKD): one distillation run per link,
+    <root>/<data>[-f0.25]/<chain>/<teacher>-<assistant>-<student>/s<seed>   each from the previous link's best.pt
 
 Runs execute one after another in this process. Re-running the same file is safe: a finished run
 (summary.json and the final epoch in metrics.jsonl) is skipped, a killed one (last.pt, no summary) resumes
@@ -40,12 +42,14 @@ from kdlab.runner.train import run_train
 
 # ------------------------------------------------------------------------------------------------ schema
 SWEEP_KEYS = ("out", "data", "data_root", "fractions", "seeds", "config", "teachers", "students", "pairs",
-              "methods")
+              "methods", "chains")
 TEACHER_KEYS = ("model", "seed", "config", "checkpoint")
 STUDENT_KEYS = ("model", "config")
 METHOD_KEYS = ("method", "seeds", "hparams", "config", "pairs", "per_pair")
 PER_PAIR_KEYS = ("hparams", "config")
 PAIR_KEYS = ("teacher", "student")
+CHAIN_KEYS = ("models", "method", "seeds", "hparams", "config", "per_link")  # TAKD: teacher -> assistant(s) -> student
+PER_LINK_KEYS = ("hparams", "config")
 BASELINE = "baseline"  # the method entry that trains the student alone
 # Config keys the sweep sets itself for every run; a config layer must not set them.
 MANAGED_KEYS = {"model": "students/teachers", "seed": "seeds", "out": "out", "teachers": "teachers",
@@ -66,6 +70,7 @@ class PlannedRun:
     config: cfg.Config | None  # None for an external teacher checkpoint
     layer: dict[str, Any] = field(default_factory=dict)
     teacher: str | None = None  # name of the teacher run a distill run needs
+    link: bool = False  # a link of a chain (TAKD) after the first: its teacher is the previous link's run
     state: str = "new"
     note: str = ""
 
@@ -203,12 +208,15 @@ def plan(spec: dict[str, Any], where: _Where, root: Path, data_root: str | None)
     seeds = list(dict.fromkeys(where.name_list(spec.get("seeds", [0]), "seeds", int)))
     base = where.layer(spec.get("config"), "config")
     teachers = _teacher_entries(where, spec.get("teachers"))
-    students = _student_entries(where, spec.get("students"))
+    chained = bool(spec.get("chains"))  # a sweep of chains alone needs no students or methods
+    students = _student_entries(where, spec.get("students")) if spec.get("students") or not chained else {}
     pairs = _pairs(where, spec.get("pairs"), teachers, students)
-    method_entries = _method_entries(where, spec.get("methods"), [f"{t}-{s}" for t, s in pairs], seeds)
+    method_entries = (_method_entries(where, spec.get("methods"), [f"{t}-{s}" for t, s in pairs], seeds)
+                      if spec.get("methods") or not chained else {})
     if not teachers and any(m["method"] for m in method_entries.values()):
         raise where.error("distillation methods need a teacher; add one under 'teachers:' (or keep only baseline)")
-    grid = _Grid(where, root, base, teachers, students, pairs, method_entries, fractions)
+    chains = _chain_entries(where, spec.get("chains"), teachers, students, pairs, seeds)
+    grid = _Grid(where, root, base, teachers, students, pairs, method_entries, fractions, chains)
     return [run for data_name in data_names for run in grid.runs(data_name, data_root)]
 
 
@@ -278,6 +286,7 @@ class _Grid:
     pairs: list[tuple[str, str]]  # (teacher, student)
     methods: dict[str, dict[str, Any]]  # row name -> method entry (_method_entries)
     fractions: list[float | None]
+    chains: dict[str, dict[str, Any]] = field(default_factory=dict)  # chain name -> entry (_chain_entries)
 
     def runs(self, data_name: str, data_root: str | None) -> list[PlannedRun]:
         managed_data = {"name": data_name, **({"root": data_root} if data_root else {})}
@@ -285,12 +294,14 @@ class _Grid:
                         for tname, teacher in self.teachers.items()}
         runs = list(teacher_runs.values())
         # Seed by seed, so the first complete table (every method, one seed) is there as early as possible.
-        for seed in sorted({s for entry in self.methods.values() for s in entry["seeds"]}):
+        entries = [*self.methods.values(), *self.chains.values()]
+        for seed in sorted({s for entry in entries for s in entry["seeds"]}):
             for fraction in self.fractions:
                 prefix = f"{data_name}{fraction_suffix(fraction)}"
                 data_layer = {**managed_data, "fraction": fraction}
                 runs += self.baseline_runs(prefix, data_layer, seed)
                 runs += self.distill_runs(prefix, data_layer, seed, teacher_runs)
+                runs += self.chain_runs(prefix, data_layer, seed, teacher_runs)
         return runs
 
     def teacher_run(self, data_name: str, managed_data: dict[str, Any], tname: str,
@@ -336,6 +347,31 @@ class _Grid:
                 run = _build_run(self.where, name, "distill", self.root, layer)
                 run.teacher = teacher_run.name
                 runs.append(run)
+        return runs
+
+
+    def chain_runs(self, prefix: str, data_layer: dict[str, Any], seed: int,
+                   teacher_runs: dict[str, PlannedRun]) -> list[PlannedRun]:
+        """Every chain that runs this seed, link by link (TAKD): link k distils link k-1's best.pt (link 1: the
+        chain's teacher run) into its model. A link's directory names the chain so far:
+        <prefix>/<chain>/<teacher>-<assistant>[-...]/s<seed>."""
+        runs = []
+        for cname, chain in self.chains.items():
+            if seed not in chain["seeds"]:
+                continue
+            previous = teacher_runs[chain["teacher"]]
+            path = [chain["teacher"]]
+            for lname, model, student_config in chain["links"]:
+                path.append(lname)
+                name = f"{prefix}/{cname}/{'-'.join(path)}/s{seed}"
+                link = {"config": chain["config"], "hparams": chain["hparams"], "per_pair": chain["per_link"]}
+                layer = cfg.merge(distill_layer(self.base, student_config, link, lname),
+                                  {"model": model, "seed": seed, "data": data_layer, "method": chain["method"],
+                                   "teachers": [str(teacher_checkpoint(previous))], "out": str(self.root / name)})
+                run = _build_run(self.where, name, "distill", self.root, layer)
+                run.teacher, run.link = previous.name, len(path) > 2
+                runs.append(run)
+                previous = run
         return runs
 
 
@@ -416,6 +452,55 @@ def _method_entries(where: _Where, value: Any, pair_names: list[str], seeds: lis
                          "hparams": _hparams_layer(where, spec or "", entry.get("hparams"), f"{at}.hparams"),
                          "pairs": list(only) if isinstance(only, list) else [only], "per_pair": per_pair}
     return entries
+
+
+def _chain_entries(where: _Where, value: Any, teachers: dict[str, dict[str, Any]], students: dict[str, dict[str, Any]],
+                   pairs: list[tuple[str, str]], seeds: list[int]) -> dict[str, dict[str, Any]]:
+    """`chains:` (TAKD, Mirzadeh et al. AAAI 2020) as name -> teacher, links [(name, model, student config)],
+    method, seeds, config, hparams and per_link overrides (keyed by link name)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise where.error("'chains' must map names to entries, e.g. {takd: {models: [resnet110, resnet20, resnet8]}}")
+    taken = {"teachers", "students", *(f"{t}-{s}" for t, s in pairs)}
+    chains = {}
+    for name, entry in value.items():
+        name = where.dir_name(name, "chains")
+        at = f"chains.{name}"
+        if name in taken:
+            raise where.error(f"'{at}': the name '{name}' is a directory of the sweep's other runs; rename the chain")
+        entry = where.keys(entry, CHAIN_KEYS, at)
+        names = [str(n) for n in where.name_list(entry.get("models", []), f"{at}.models")]
+        if len(names) < 3:
+            raise where.error(f"'{at}.models' must list a teacher, at least one assistant and the student, e.g. "
+                              f"[resnet110, resnet20, resnet8], got {names}; a teacher and a student alone is a pair")
+        if names[0] not in teachers:
+            raise where.error(f"'{at}.models': the first entry '{names[0]}' must be a teacher of 'teachers:'"
+                              f"{closest(names[0], teachers)}; add it there (trained, or an existing checkpoint)")
+        if len(set(names)) != len(names):
+            raise where.error(f"'{at}.models' lists a name twice ({names}); give each link its own name")
+        links = []
+        for index, lname in enumerate(names[1:], 1):
+            lname = where.dir_name(lname, f"{at}.models")
+            student = students.get(lname)
+            model = student["model"] if student else _check_model(where, lname, f"{at}.models[{index}]")
+            links.append((lname, model, student["config"] if student else {}))
+        spec = str(entry.get("method", "kd"))
+        if spec == BASELINE:
+            raise where.error(f"'{at}.method' must be a distillation method (TAKD: kd)")
+        _check_method_names(where, spec, f"{at}.method")
+        per_link = {}
+        for lname, override in where.keys(entry.get("per_link"), tuple(names[1:]), f"{at}.per_link").items():
+            override = where.keys(override, PER_LINK_KEYS, f"{at}.per_link.{lname}")
+            per_link[lname] = {"config": where.layer(override.get("config"), f"{at}.per_link.{lname}.config"),
+                               "hparams": _hparams_layer(where, spec, override.get("hparams"),
+                                                         f"{at}.per_link.{lname}.hparams")}
+        chains[name] = {"teacher": names[0], "links": links, "method": spec,
+                        "seeds": list(dict.fromkeys(where.name_list(entry.get("seeds", seeds), f"{at}.seeds", int))),
+                        "config": where.layer(entry.get("config"), f"{at}.config"),
+                        "hparams": _hparams_layer(where, spec, entry.get("hparams"), f"{at}.hparams"),
+                        "per_link": per_link}
+    return chains
 
 
 def _check_method_names(where: _Where, spec: str, at: str) -> None:
@@ -525,7 +610,11 @@ def select(runs: list[PlannedRun], patterns: list[str] | None) -> list[PlannedRu
         return any(fnmatch.fnmatch(name, p) if any(c in p for c in "*?[") else p in name for p in patterns)
 
     chosen = {r.name for r in runs if matches(r.name)}
-    chosen |= {r.teacher for r in runs if r.name in chosen and r.teacher}
+    while True:  # transitively: a chain's student needs its assistant, which needs the teacher
+        needed = {r.teacher for r in runs if r.name in chosen and r.teacher} - chosen
+        if not needed:
+            break
+        chosen |= needed
     return [r for r in runs if r.name in chosen]
 
 
@@ -534,7 +623,8 @@ def describe(sweep: Sweep, runs: list[PlannedRun], commands: bool) -> str:
     lines = [f"sweep {sweep.path} -> {sweep.root}: {len(runs)} runs ({counts})"]
     for run in runs:
         note = f"  ({run.note})" if run.note else ""
-        lines.append(f"  {run.state:<8} {run.name}{note}")
+        after = f"  <- {run.teacher}/best.pt" if run.link else ""  # a chain link waits for the previous one
+        lines.append(f"  {run.state:<8} {run.name}{note}{after}")
         if commands:
             lines.append(f"           {run.command()}")
     return "\n".join(lines)

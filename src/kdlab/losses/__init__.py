@@ -10,4 +10,5 @@ from kdlab.losses.contrastive import *  # noqa: F401,F403
 from kdlab.losses.features import *  # noqa: F401,F403
 from kdlab.losses.logits import *  # noqa: F401,F403
 from kdlab.losses.relations import *  # noqa: F401,F403
+from kdlab.losses.selfsupervised import *  # noqa: F401,F403
 from kdlab.losses.transformers import *  # noqa: F401,F403

@@ -124,6 +124,10 @@ def parse(spec: str, hparams: dict[str, dict[str, Any]] | None = None) -> list[M
             get(key)  # an unknown name gets the closest-name hint
             raise KdlabError(f"hyperparameters given for method '{key}', which is not in --method {spec}; "
                              f"add it to --method or drop method.{key}.*")
+    expanding = [name for name in names if get(name).views > 1]
+    if len(expanding) > 1:
+        raise KdlabError(f"method '{spec}' combines {' and '.join(expanding)}, which each train on their own views "
+                         f"of every image; combine at most one of them with other methods")
     return [create(name, **hparams.get(name, {})) for name in names]
 
 

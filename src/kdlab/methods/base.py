@@ -45,6 +45,9 @@ class DistillBatch:
     epoch: int
     student: dict[str, torch.Tensor]
     teacher: dict[str, torch.Tensor]
+    # Views of each image in the outputs above (a method's `expand_batch`, e.g. SSKD's 4 rotations): the rows are
+    # laid out view-major, rows [0, B) being the batch as loaded; `targets` and `indices` hold its B images.
+    views: int = 1
 
 
 class Method(nn.Module):
@@ -76,6 +79,10 @@ class Method(nn.Module):
     # epochs in mdistiller's 240-epoch CIFAR recipe). A run of another length scales the default (see
     # `fit_to_run`); a value the user sets is kept.
     epoch_hparams: ClassVar[dict[str, int]] = {}
+    # Methods that train on several views of each image (SSKD: 4 rotations) set `views` and return the view-major
+    # batch from `expand_batch`; `DistillationLoss` runs both networks on it, computes CE on the first view and
+    # gives every other method of a combination the first view only (docs/architecture.md#methods).
+    views: ClassVar[int] = 1
 
     def __init__(self, **hparams: Any):
         super().__init__()
@@ -138,6 +145,10 @@ class Method(nn.Module):
     def set_phase(self, phase: str) -> None:
         """Called when the run switches between the 'init' and 'main' phases; `frozen_in_main` modules are
         frozen by `DistillationLoss`, so most methods need nothing here."""
+
+    def expand_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """The (views·N, ...) batch both networks see, rows [0, N) being `images` (only called when views > 1)."""
+        return images
 
     def init_forward(self, batch: DistillBatch) -> dict[str, torch.Tensor]:
         """Loss terms of the init stage (only called when `has_init_stage`)."""
