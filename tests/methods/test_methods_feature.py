@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from tap_capture import Capture
 from torch import nn
 
 import kdlab.losses as L
@@ -73,22 +74,6 @@ def make(teacher: str, student: str, seed: int = 0) -> tuple[nn.Module, nn.Modul
 def batch(seed: int = 1, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, SIZE, SIZE, generator=g), torch.randint(0, CLASSES, (n,), generator=g)
-
-
-class Capture:
-    """Our own forward hooks on symbolic taps (registered before the loss's, so they fire first)."""
-
-    def __init__(self, model: nn.Module, names: list[str]):
-        points = tap_points(model)
-        self.out: dict[str, torch.Tensor] = {}
-        for name in names:
-            model.get_submodule(points[name]).register_forward_hook(self._hook(name))
-
-    def _hook(self, name: str):
-        def hook(_module, _inputs, output):
-            self.out[name] = output.detach().clone()
-
-        return hook
 
 
 def run_backward(out) -> None:

@@ -15,6 +15,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from tap_capture import Capture
 from torch import nn
 
 import kdlab.losses as L
@@ -81,22 +82,6 @@ def loss_for(name: str, teacher: nn.Module, student: nn.Module, **kwargs) -> Dis
     hparams = {name: {**HPARAMS.get(name, {}), **kwargs.pop("hp", {})}}
     return DistillationLoss(teacher, student, method=name, input_shape=(3, SIZE, SIZE), hparams=hparams,
                             train_targets=TRAIN_TARGETS, **kwargs)
-
-
-class Capture:
-    """Our own forward hooks on symbolic taps (only copies; they do not change the forward)."""
-
-    def __init__(self, model: nn.Module, names: list[str]):
-        points = tap_points(model)
-        self.out: dict[str, torch.Tensor] = {}
-        for name in names:
-            model.get_submodule(points[name]).register_forward_hook(self._hook(name))
-
-    def _hook(self, name: str):
-        def hook(_module, _inputs, output):
-            self.out[name] = output.detach().clone()
-
-        return hook
 
 
 def all_taps(model: nn.Module) -> list[str]:
