@@ -55,6 +55,8 @@ CATKD = {
     "resnet32x4-shufflenetv1": (600.0, 4, True), "resnet32x4-shufflenetv2": (600.0, 4, True),
     "wrn_40_2-shufflenetv1": (80.0, 4, True),
 }
+# The pairs of the DOT authors' CIFAR-100 configs (github.com/megvii-research/mdistiller configs/cifar100/dot/).
+DOT_PAIRS = ("resnet32x4-resnet8x4", "vgg13-vgg8", "resnet32x4-shufflenetv2")
 # Methods whose CIFAR-100 numbers are only in their paper's tables, which were not read here (so none is copied).
 PAPER_ONLY = {"catkd": "in the CAT-KD paper's tables (arXiv:2304.12777) only, not in its repository; not copied here"}
 # Assumptions where no per-pair value is published (said in the file's header).
@@ -90,6 +92,7 @@ SAME = {
     "dkd_ls": ("L", "72.32 74.29 77.01 76.39 74.89 74.81 71.85"),
     "ickd": ("I", "71.76 73.89 75.25 75.64 74.33 73.42 71.68"),
     "ctkd": ("C", "71.19 73.52 73.39 75.45 73.93 73.52 70.99"),
+    "dot": ("Z", "- - 75.12 - - 73.77 -"),
 }
 CROSS = {
     "teacher": ("R", "74.64 79.42 79.42 75.61"),
@@ -113,6 +116,7 @@ CROSS = {
     "lskd": ("L", "68.61 - 75.56 -"),
     "dkd_ls": ("L", "69.98 - 77.37 -"),
     "ctkd": ("C", "68.50 - 75.37 -"),
+    "dot": ("Z", "- - 75.55 -"),
     "sdd": ("W", "68.79 76.30 76.67 76.65"),
     "sdd_dkd": ("W", "70.25 77.30 78.05 77.21"),
     "sdd_nkd": ("W", "69.50 76.34 77.07 76.81"),
@@ -131,6 +135,8 @@ SOURCES = {
          "of the github.com/sunshangquan/logit-standardization-KD README (whose other values equal the CTKD README's)",
     "W": "Wei et al., CVPR 2024 (arXiv:2403.13512), the CIFAR-100 table cifar100.png of "
          "github.com/shicaiwei123/SDD-CVPR2024 (cells [1,2,4])",
+    "Z": "Zhao, Cui, Song, Liang, ICCV 2023 (arXiv:2307.08436), KD+DOT as in the github.com/megvii-research/mdistiller "
+         "README",
     "ND": "the ReviewKD paper's comparison (Chen et al., CVPR 2021, arXiv:2104.09044) as quoted by the "
           "github.com/WangYZ1608/Knowledge-Distillation-via-ND README",
 }
@@ -209,6 +215,11 @@ def published_hparams(pair: str, info: dict) -> dict[str, tuple[str, dict, str]]
         "weight": 1.0, "base": "nkd", "gamma": beta, "temperature": 4.0, "scales": sdd_scales, "warmup": 20}}},
         f"{sdd_repo} SDD_NKD, which reads DKD.T 4 as T and this pair's DKD.BETA as gamma, DKD.WARMUP 20, "
         f"CE 1, --M {sdd_scales}")
+    if pair in DOT_PAIRS:
+        configs["dot"] = ("dot", {"ce_weight": 0.1, "methods": {"dot": {"weight": 0.9, "temperature": 4.0}}},
+                          "github.com/megvii-research/mdistiller configs/cifar100/dot/: KD with mdistiller's KD.* "
+                          "(CE 0.1, KD 0.9, T 4) under the DOT trainer, SOLVER.DOT.DELTA 0.075 (optim.dot_delta's "
+                          "default)")
     if not info["same"] or info.get("no_fsp"):
         del configs["fsp"]  # RepDistiller's FSP needs equal widths; the CRD benchmark lists it as N/A here
     return configs

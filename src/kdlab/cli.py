@@ -47,7 +47,7 @@ def _common_run_args(p: argparse.ArgumentParser, model_flag: str = "--model") ->
 def _recipe_args(p: argparse.ArgumentParser) -> None:
     """Training-recipe and evaluation flags of train/distill/mutual (README: Training recipe)."""
     p.add_argument("--optimizer", help="sgd (default; momentum, optim.nesterov) | adamw (optim.betas, decoupled "
-                   "weight decay)")
+                   "weight decay) | dot (distill: separate task/distillation momenta, optim.dot_delta)")
     p.add_argument("--label-smoothing", type=float, metavar="EPS", help="label smoothing of the CE term, e.g. 0.1")
     p.add_argument("--mixup", type=float, metavar="ALPHA", help="mixup with Beta(ALPHA, ALPHA), e.g. 0.2")
     p.add_argument("--cutmix", type=float, metavar="ALPHA", help="CutMix with Beta(ALPHA, ALPHA), e.g. 1.0")

@@ -54,11 +54,14 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     epochs: int = 240
-    optimizer: str = "sgd"  # sgd (momentum, nesterov) | adamw (betas; decoupled weight decay)
+    # sgd (momentum, nesterov) | adamw (betas; decoupled weight decay) | dot (kdlab distill: SGD with momentum
+    # - dot_delta for the task gradient and + dot_delta for the distillation gradient; kdlab.engine.dot)
+    optimizer: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw only
+    dot_delta: float = 0.075  # dot only: Δ of DOT (Zhao et al. ICCV 2023; 0.075 CIFAR, 0.09 ImageNet)
     weight_decay: float = 5e-4
     clip_grad_norm: float | None = None  # clip the global gradient norm of each step to this value
     schedule: str = "step"  # step | cosine | constant
@@ -117,7 +120,7 @@ class Config:
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("step", "cosine", "constant")
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "dot")
 UNREADABLE = ("error", "check", "skip")
 
 
@@ -368,8 +371,19 @@ def recipe_checks(config: Config) -> list[tuple[bool, str]]:
     """Range checks of the training-recipe keys (optimizer, label smoothing, mixing, EMA, evaluation)."""
     o, d = config.optim, config.data
     return [
-        (o.optimizer != "adamw" or not o.nesterov,
-         "optim.nesterov is for optim.optimizer=sgd; AdamW has no Nesterov variant here: drop optim.nesterov"),
+        (o.optimizer == "sgd" or not o.nesterov,
+         f"optim.nesterov is for optim.optimizer=sgd; {o.optimizer} has no Nesterov variant here: drop "
+         "optim.nesterov"),
+        (o.optimizer != "dot" or (o.dot_delta >= 0 and 0 <= o.momentum - o.dot_delta and o.momentum + o.dot_delta < 1),
+         f"optim.dot_delta {o.dot_delta} with optim.momentum {o.momentum} gives DOT momenta "
+         f"{o.momentum - o.dot_delta:g} and {o.momentum + o.dot_delta:g}; delta must be >= 0 and both "
+         "momenta in [0, 1): e.g. optim.dot_delta=0.075 with momentum 0.9"),
+        (o.optimizer != "dot" or config.precision != "fp16",
+         "optim.optimizer=dot keeps two gradients per step, which fp16 loss scaling does not cover; use "
+         "--precision bf16 or fp32"),
+        (o.optimizer != "dot" or o.clip_grad_norm is None,
+         "optim.clip_grad_norm clips one gradient; DOT steps with two (task and distillation): drop "
+         "--clip-grad-norm or use optim.optimizer=sgd"),
         (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
          f"optim.betas must be two numbers in [0, 1), got {o.betas}; e.g. 'optim.betas=[0.9,0.999]'"),
         (o.clip_grad_norm is None or o.clip_grad_norm > 0,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import shlex
@@ -395,7 +396,9 @@ def test_cpu_sweep_file_plans(tmp_path):
             assert run.config.model == "resnet20" and run.config.data.fraction is None
         else:
             assert run.config.model == "resnet8" and run.config.data.fraction == 0.1
-            assert run.config.optim.epochs == 10 and self_runs[0].config.optim == run.config.optim
+            schedule = dataclasses.replace(run.config.optim, optimizer="sgd")  # DOT: the same schedule
+            assert run.config.optim.epochs == 10 and self_runs[0].config.optim == schedule
+            assert run.config.optim.optimizer == ("dot" if run.config.method == "dot" else "sgd")
 
 
 def test_report_keeps_a_baseline_that_is_also_a_teacher(sweep, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kdlab.errors import KdlabError
+from kdlab.experiments.labels import annotate_apart
 
 FP32 = ("eager fp32", "channels_last fp32", "onnxruntime fp32")
 
@@ -54,14 +55,16 @@ def pareto_plot(results: list[Any], out: str | Path) -> Path:
             label="Pareto front", zorder=2)
     ax.scatter([p[0] for p in front], [p[1] for p in front], s=90, facecolors="none", edgecolors="black",
                zorder=4)
-    for ms, top1, label, _ in found:
-        ax.annotate(label, (ms, top1), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("latency at batch 1, p50 (ms, log scale)")
     ax.set_ylabel("test top-1 (%)")
     ax.grid(True, which="both", alpha=0.3)
+    ax.margins(0.12)  # room for the labels of the outermost points
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
+    fig.tight_layout()  # the final layout first: labels are placed in display coordinates
+    # Pareto points first (they get the nearest places); a label with no free place is left out.
+    order = sorted(found, key=lambda p: p not in front)
+    annotate_apart(ax, [(ms, top1, label) for ms, top1, label, _ in order], fontsize=7, color="black")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

@@ -305,6 +305,7 @@ class DistillationLoss(nn.Module):
         ce = classification_loss(logits, targets, mix, self.label_smoothing)
         terms = {"ce": self.ce_weight * ce}
         total = terms["ce"]
+        distilled = torch.zeros((), device=ce.device)  # the loss minus CE, for DOT (StepOutput.parts)
         clipped = None
         for m in self.methods:
             factor = m.weight * m.scale(epoch)
@@ -315,11 +316,20 @@ class DistillationLoss(nn.Module):
                     clipped = value if clipped is None else clipped + value
                 else:
                     total = total + value
+                    distilled = distilled + value
         out = StepOutput(loss=total if clipped is None else total + clipped,
                          terms={k: v.detach() for k, v in terms.items()}, logits=logits)
         if clipped is not None:
             out.backward = lambda scale=1.0: self._clipped_backward(total, clipped, epoch, scale)
+        else:
+            out.parts = (terms["ce"], distilled)
         return out
+
+    def requested_optimizer(self) -> str | None:
+        """The optimizer a method of the main phase trains with (`--method dot`), or None for optim.optimizer."""
+        if self.phase != "main":
+            return None
+        return next((m.optimizer for m in self.methods if m.optimizer), None)
 
     def batch_expander(self) -> Method | None:
         """The method whose `expand_batch` gives the batch both networks see (SSKD's rotations), or None;

@@ -24,6 +24,9 @@ class StepOutput:
     logits: torch.Tensor | None = None
     # Set when the objective fills the gradients itself (gradient clipping between loss terms).
     backward: Callable[..., None] | None = None
+    # (task, distillation) with loss = task + distillation, for optimizers that treat their gradients apart
+    # (DOT, kdlab.engine.dot); None when the loss has no such split.
+    parts: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __iter__(self):
         """Unpacks as `loss, terms = objective(images, targets)`."""

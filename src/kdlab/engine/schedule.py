@@ -34,8 +34,13 @@ def describe(optim: OptimConfig, base_lr: float | None = None) -> str:
     """One line for the start of a run: optimizer, LR and where it changes, e.g.
     'schedule: 30 epochs, SGD momentum 0.9, weight decay 0.0005, lr 0.05, x0.1 after epochs 19/23/26'."""
     lr = optim.lr if base_lr is None else base_lr
-    optimizer = (f"AdamW betas {optim.betas[0]:g},{optim.betas[1]:g}" if optim.optimizer == "adamw"
-                 else f"SGD momentum {optim.momentum:g}{' nesterov' if optim.nesterov else ''}")
+    if optim.optimizer == "adamw":
+        optimizer = f"AdamW betas {optim.betas[0]:g},{optim.betas[1]:g}"
+    elif optim.optimizer == "dot":
+        optimizer = (f"DOT momentum {optim.momentum - optim.dot_delta:g} (task) / "
+                     f"{optim.momentum + optim.dot_delta:g} (distillation)")
+    else:
+        optimizer = f"SGD momentum {optim.momentum:g}{' nesterov' if optim.nesterov else ''}"
     parts = [f"{optim.epochs} epochs", optimizer, f"weight decay {optim.weight_decay:g}", f"lr {lr:g}"]
     if optim.warmup_epochs:
         parts.append(f"linear warm-up over {optim.warmup_epochs} epochs")

@@ -12,6 +12,7 @@ its numbers are logged as null and it never becomes the best epoch.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -24,11 +25,12 @@ from torch import nn
 from tqdm import tqdm
 
 from kdlab import __version__
-from kdlab.config import Config, flatten, merge, to_dict
+from kdlab.config import Config, flatten, merge, to_dict, validate
 from kdlab.data.augment import BatchMixer
 from kdlab.data.memory import epoch_generator
 from kdlab.engine import checkpoint as ckpt
 from kdlab.engine.distributed import on_main, rank_seed, seed_rank, wrap_objective
+from kdlab.engine.dot import DOT, split_gradients
 from kdlab.engine.ema import WeightEMA
 from kdlab.engine.evaluate import evaluate
 from kdlab.engine.health import RunHealth
@@ -58,11 +60,30 @@ def resume_conflicts(saved: dict[str, Any], requested: dict[str, Any]) -> list[s
     return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in keys if old.get(key) != new.get(key)]
 
 
-def make_optimizer(params: list[nn.Parameter], config: Config, lr: float) -> torch.optim.Optimizer:
-    """`optim.optimizer`: SGD with momentum (and `optim.nesterov`), or AdamW (Loshchilov & Hutter, ICLR 2019,
-    arXiv:1711.05101) with `optim.betas` and weight decay decoupled from the gradient (p -= lr·wd·p)."""
+def resolve_optimizer(config: Config, requested: str | None) -> str:
+    """`optim.optimizer`, or the optimizer a method trains with (`requested`; `--method dot`: KD under DOT), which
+    replaces the default SGD; another optimizer asked for explicitly is refused in one line."""
+    if requested is None or requested == config.optim.optimizer:
+        return config.optim.optimizer
+    if config.optim.optimizer != "sgd":
+        raise KdlabError(f"method '{config.method}' trains with the {requested} optimizer, not "
+                         f"optim.optimizer={config.optim.optimizer}: drop --optimizer")
+    as_run = copy.deepcopy(config)
+    as_run.optim.optimizer = requested
+    validate(as_run)  # what optim.optimizer=dot refuses (fp16, --clip-grad-norm), with the same lines
+    return requested
+
+
+def make_optimizer(params: list[nn.Parameter], config: Config, lr: float, kind: str | None = None
+                   ) -> torch.optim.Optimizer:
+    """`optim.optimizer` (or `kind`): SGD with momentum (and `optim.nesterov`), AdamW (Loshchilov & Hutter, ICLR
+    2019, arXiv:1711.05101) with `optim.betas` and weight decay decoupled from the gradient (p -= lr·wd·p), or DOT
+    (kdlab.engine.dot: separate momenta for the task and the distillation gradients)."""
     optim = config.optim
-    if optim.optimizer == "adamw":
+    kind = kind or optim.optimizer
+    if kind == "dot":
+        return DOT(params, lr=lr, momentum=optim.momentum, delta=optim.dot_delta, weight_decay=optim.weight_decay)
+    if kind == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
     return torch.optim.SGD(params, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
                            nesterov=optim.nesterov)
@@ -148,7 +169,8 @@ class Trainer:
         # optim.scale_lr: the linear scaling rule (Goyal et al. 2017) for a global batch world_size x larger.
         scale = distributed.world_size if distributed is not None and optim.scale_lr else 1
         self.base_lr = optim.lr * scale
-        self.optimizer = make_optimizer(params, config, self.base_lr)
+        self.optimizer = make_optimizer(params, config, self.base_lr, resolve_optimizer(
+            config, getattr(objective, "requested_optimizer", lambda: None)()))
         self.clipped_params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.mixer = BatchMixer(config.data.mixup, config.data.cutmix, config.data.mix_prob)
         self._mix_stream: tuple[int, torch.Generator] | None = None  # (epoch, its generator)
@@ -407,7 +429,9 @@ class Trainer:
             out = (self.train_module(images, targets, indices, epoch) if mix is None
                    else self.train_module(images, targets, indices, epoch, mix=mix))
         self.optimizer.zero_grad(set_to_none=True)
-        if out.backward is not None:
+        if isinstance(self.optimizer, DOT):
+            self.dot_gradients(out)
+        elif out.backward is not None:
             out.backward(self.scaler.get_scale() if self.scaler.is_enabled() else 1.0)
         else:
             self.scaler.scale(out.loss).backward()
@@ -419,6 +443,21 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(unwrap(next(iter(self.objective.eval_models().values()))))
         return out, targets
+
+    def dot_gradients(self, out: StepOutput) -> None:
+        """DOT's two gradients of the step: the task one into `.grad`, the distillation one to the optimizer."""
+        if out.parts is None:
+            raise KdlabError("optim.optimizer=dot needs the step's task and distillation losses apart, and this "
+                             "objective gives one loss (kdlab train and kdlab mutual have no distillation loss); "
+                             "use optim.optimizer=sgd")
+        task, distill = out.parts
+        if not distill.requires_grad:  # e.g. a warm-up factor of 0: the step has no distillation gradient
+            distill = task.new_zeros((), requires_grad=True)
+        params = [p for p in self.clipped_params if p.requires_grad]  # not the modules a main phase freezes
+        g_task, g_distill = split_gradients(task, distill, params)
+        for p, g in zip(params, g_task, strict=True):
+            p.grad = g
+        self.optimizer.set_distill_gradients(params, g_distill)
 
     def checked_step_loss(self, loss: torch.Tensor, epoch: int, step: int) -> float:
         """A step's loss for the progress bar; under DDP the mean over ranks, so that all ranks stop together on

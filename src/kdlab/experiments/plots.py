@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdlab.engine.reliability import load_bins
+from kdlab.experiments.labels import annotate_apart
 from kdlab.experiments.report import TEACHER
 
 if TYPE_CHECKING:
@@ -171,16 +172,23 @@ def _curves(plt: Any, rows: list, title: str, path: Path, teacher_label: str) ->
 
 def _finish_top1_axes(plt: Any, fig: Any, ax: Any, xlabel: str, title: str, entries: int, path: Path) -> Path:
     """Labels (top-1 on the y axis), title, grid and the legend beside the axes; then save."""
+    _finish_axes(ax, xlabel, title, entries)
+    return _save(plt, fig, path)
+
+
+def _finish_axes(ax: Any, xlabel: str, title: str, entries: int) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     outside_legend(ax, entries)
-    return _save(plt, fig, path)
 
 
 def _scatter(plt: Any, rows: list, title: str, path: Path) -> Path:
+    """Top-1 against ECE, one point per run; each method's label at its runs' mean where it overlaps nothing
+    (kdlab.experiments.labels), the legend naming every marker."""
     fig, ax = plt.subplots(figsize=(7.0 if len(rows) <= 16 else 8.6, 4.4))
+    labels, markers = [], []
     for index, (label, cell) in enumerate(rows):
         points = [(r.at("last").get("test_ece"), r.at("last").get("test_top1")) for r in cell.runs]
         points = [(x, y) for x, y in points if isinstance(x, (int, float)) and isinstance(y, (int, float))]
@@ -188,10 +196,15 @@ def _scatter(plt: Any, rows: list, title: str, path: Path) -> Path:
             color, marker = style(index)
             ax.scatter([p[0] for p in points], [p[1] for p in points], color=color, marker=marker, label=label,
                        s=28)
-            x, y = sum(p[0] for p in points) / len(points), sum(p[1] for p in points) / len(points)
-            ax.annotate(label, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=6, color="0.25")
-    return _finish_top1_axes(plt, fig, ax, "ECE (%) — lower is better",
-                             f"{title}: accuracy vs calibration, last epoch (one point per run)", len(rows), path)
+            markers += points
+            labels.append((sum(p[0] for p in points) / len(points), sum(p[1] for p in points) / len(points), label))
+    ax.margins(0.08)  # room for the labels of the outermost points
+    fig.tight_layout()  # the final layout first: labels are placed in display coordinates
+    _finish_axes(ax, "ECE (%) — lower is better", f"{title}: accuracy vs calibration, last epoch (one point per run)",
+                 len(rows))
+    fig.tight_layout()
+    annotate_apart(ax, labels, markers)
+    return _save(plt, fig, path)
 
 
 def draw_gains(ax: Any, labels: list[str], seed_gains: list[list[float]], xlabel: str) -> None:

@@ -37,7 +37,7 @@ from kdlab.engine.logging import read_metrics
 from kdlab.errors import KdlabError, closest
 from kdlab.experiments.parallel import execute_parallel
 from kdlab.methods import get, parse
-from kdlab.runner.distill import run_distill
+from kdlab.runner.distill import apply_method_optimizer, run_distill
 from kdlab.runner.train import run_train
 
 # ------------------------------------------------------------------------------------------------ schema
@@ -516,7 +516,7 @@ def _build_run(where: _Where, name: str, kind: str, root: Path, layer: dict[str,
     try:
         config = cfg.build([layer])
         if config.method:
-            parse(config.method, config.methods)
+            apply_method_optimizer(config, parse(config.method, config.methods))
     except KdlabError as exc:
         raise where.error(f"run {name}: {exc}") from None
     run = PlannedRun(name, kind, root / name, config, layer)

@@ -83,6 +83,9 @@ class Method(nn.Module):
     # batch from `expand_batch`; `DistillationLoss` runs both networks on it, computes CE on the first view and
     # gives every other method of a combination the first view only (docs/architecture.md#methods).
     views: ClassVar[int] = 1
+    # The optimizer the method trains with when it is more than a loss (DOT: 'dot', kdlab.engine.dot); None:
+    # the run's optim.optimizer.
+    optimizer: ClassVar[str | None] = None
 
     def __init__(self, **hparams: Any):
         super().__init__()

@@ -39,6 +39,8 @@ def describe(name: str) -> dict[str, str]:
     cls = get(name)
     student, teacher = method_taps(name)
     stages = "init stage, " if cls.has_init_stage else ""
+    if cls.optimizer:
+        stages += f"optimizer={cls.optimizer}, "
     hp = ", ".join(f"{k}={v}" for k, v in cls.defaults.items())
     return {"name": name, "paper": cls.paper, "student": _short(student),
             "teacher": _short(teacher) if cls.needs_teacher else "no teacher",

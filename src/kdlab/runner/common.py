@@ -199,6 +199,14 @@ def refuse_compile(config: Config, command: str) -> None:
         raise KdlabError(f"--compile (compile=true) works with kdlab train only; {command} runs eager, so drop it")
 
 
+def refuse_dot(config: Config, command: str) -> None:
+    """optim.optimizer=dot treats the distillation gradient apart from the task one; without a distillation loss
+    (kdlab train) or with the cohort's own losses (kdlab mutual) there is nothing to split."""
+    if config.optim.optimizer == "dot":
+        raise KdlabError(f"optim.optimizer=dot separates the distillation gradient from the task gradient, and "
+                         f"{command} has no distillation loss; use --optimizer sgd (DOT is for kdlab distill)")
+
+
 def fit(trainer: Trainer, config: Config, run_dir: Path, resume: bool) -> dict[str, Any]:
     """Fit `trainer` in `run_dir`: with `resume`, continue from its last.pt if there is one (saying so when the
     run has no epochs left); write config.yaml (rank 0); train. Returns the summary with `run_dir` added.

@@ -12,7 +12,7 @@ from kdlab.distillation.loss import DistillationLoss
 from kdlab.distillation.teacher_cache import attach_teacher_cache
 from kdlab.engine.distributed import Context, convert_sync_bn, current, on_main, process_group
 from kdlab.engine.rundir import prepare_run_dir
-from kdlab.engine.trainer import Trainer
+from kdlab.engine.trainer import Trainer, resolve_optimizer
 from kdlab.errors import KdlabError
 from kdlab.methods import parse
 from kdlab.runner.checkpoints import load_teachers
@@ -34,7 +34,9 @@ def run_distill(config: Config, resume: bool = False, quiet: bool = False) -> di
     if not config.method:
         raise KdlabError("no method given; pass --method NAME (see 'kdlab list methods')")
     refuse_compile(config, "kdlab distill")
-    parse(config.method, config.methods)  # validate names and hyperparameters before loading anything
+    methods = parse(config.method, config.methods)  # validate names and hyperparameters before loading anything
+    apply_method_optimizer(config, methods)
+    refuse_dot_with_own_backward(config, methods)
     dist = current()
     device = setup_runtime(config, dist)
     train_loader, test_loader, info = build_data(config, device, dist, quiet)
@@ -63,6 +65,22 @@ def run_distill(config: Config, resume: bool = False, quiet: bool = False) -> di
     trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch, device, eval_transform=view,
                       distributed=dist, quiet=quiet)
     return fit(trainer, config, run_dir, resume)
+
+
+def apply_method_optimizer(config: Config, methods: list) -> None:
+    """A method that trains with its own optimizer (`--method dot`) sets optim.optimizer, so config.yaml and the
+    schedule line say what runs; another optimizer asked for explicitly is refused in one line."""
+    config.optim.optimizer = resolve_optimizer(config, next((m.optimizer for m in methods if m.optimizer), None))
+
+
+def refuse_dot_with_own_backward(config: Config, methods: list) -> None:
+    """KD-SVD and MHGD clip their distillation gradient to the task one inside the step; DOT keeps the two
+    apart, so the combination has no meaning (refused before anything is loaded)."""
+    dot = config.optim.optimizer == "dot" or any(m.optimizer == "dot" for m in methods)
+    clipping = [m.name for m in methods if m.clip_to_ce]
+    if dot and clipping:
+        raise KdlabError(f"{', '.join(clipping)} clip their distillation gradient to the task gradient, and the DOT "
+                         f"optimizer keeps the two apart: use --optimizer sgd with {', '.join(clipping)}")
 
 
 def record_run_length_defaults(config: Config, objective: DistillationLoss, quiet: bool) -> None:
@@ -108,6 +126,8 @@ def run_init_stage(config: Config, objective, train_loader, test_loader, run_dir
     init_config.optim.warmup_epochs = 0
     init_config.optim.extend_to = None  # --extend-to lengthens the main stage only
     init_config.ema_decay = None  # the main stage's student is the one averaged and reported
+    if init_config.optim.optimizer == "dot":  # the init losses have no task/distillation split: plain SGD
+        init_config.optim.optimizer = "sgd"
     objective.set_phase("init")
     trainer = Trainer(init_config, objective, train_loader, test_loader, init_dir, arch, device,
                       distributed=distributed, quiet=quiet)

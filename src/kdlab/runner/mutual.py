@@ -12,7 +12,15 @@ from kdlab.engine.distributed import convert_sync_bn, current, on_main, process_
 from kdlab.engine.rundir import prepare_run_dir
 from kdlab.engine.trainer import Trainer
 from kdlab.errors import KdlabError
-from kdlab.runner.common import arch_of, build_data, fit, prepare_model, refuse_compile, setup_runtime
+from kdlab.runner.common import (
+    arch_of,
+    build_data,
+    fit,
+    prepare_model,
+    refuse_compile,
+    refuse_dot,
+    setup_runtime,
+)
 
 
 @process_group  # under torchrun: joins the process group for the run (docs/distributed.md)
@@ -22,6 +30,7 @@ def run_mutual(config: Config, model_names: list[str], variant: str = "dml", res
     if len(model_names) < 2:
         raise KdlabError("deep mutual learning needs at least 2 students; pass --models a,b[,c...]")
     refuse_compile(config, "kdlab mutual")
+    refuse_dot(config, "kdlab mutual")
     if config.weights:
         raise KdlabError("kdlab mutual trains every cohort member from scratch; drop weights= (start a single "
                          "student from weights with kdlab train --weights or kdlab distill --student-weights)")

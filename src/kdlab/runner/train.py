@@ -17,6 +17,7 @@ from kdlab.runner.common import (
     fit,
     maybe_compile,
     prepare_model,
+    refuse_dot,
     setup_runtime,
     student_view,
 )
@@ -25,6 +26,7 @@ from kdlab.runner.common import (
 @process_group  # under torchrun: joins the process group for the run (docs/distributed.md)
 def run_train(config: Config, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Train `config.model` with cross-entropy (teachers and baseline students)."""
+    refuse_dot(config, "kdlab train")
     dist = current()
     device = setup_runtime(config, dist)
     train_loader, test_loader, info = build_data(config, device, dist, quiet)
