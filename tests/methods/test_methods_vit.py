@@ -52,6 +52,26 @@ def test_deit_terms_read_both_heads_and_train_them(mode):
         assert not torch.equal(dict(student.named_parameters())[name], before[name]), name
 
 
+def test_deit_class_head_ce_follows_the_recipes_mixing_and_smoothing():
+    """The authors train the class head on mixup/CutMix soft targets with label smoothing: with --mixup and
+    --label-smoothing, deit_ce is the engine's mixed, smoothed CE of the class head, not a plain CE."""
+    from kdlab.data.augment import BatchMixer
+    from kdlab.engine.objectives import classification_loss
+
+    teacher, student = _pair("resnet8", "deit_tiny_cifar")
+    loss_fn = kdlab.DistillationLoss(teacher, student, method="deit", input_shape=(1, 8, 8), label_smoothing=0.1)
+    x, y = torch.randn(6, 1, 8, 8), torch.arange(6)
+    mixed, mix = BatchMixer(mixup=1.0)(x, y, torch.Generator().manual_seed(0))
+    heads = {}
+    handle = student.head.register_forward_hook(lambda _m, _i, o: heads.__setitem__("cls", o.detach()))
+    student.eval()  # dropout-free, same outputs in the reference
+    out = loss_fn(mixed, y, mix=mix)
+    handle.remove()
+    expected = 0.5 * classification_loss(heads["cls"], y, mix, label_smoothing=0.1)
+    torch.testing.assert_close(out.terms["deit_ce"], expected)
+    assert not torch.allclose(out.terms["deit_ce"], 0.5 * F.cross_entropy(heads["cls"], y))  # the mix matters
+
+
 def test_deit_refuses_a_student_without_distillation_token_and_checks_hparams():
     teacher, student = _pair("resnet8", "vit_tiny_cifar")
     with pytest.raises(KdlabError, match="distillation token") as info:

@@ -291,7 +291,7 @@ class DistillationLoss(nn.Module):
         self._freeze_after_init(self.phase == "main")
         expander = self.batch_expander()
         batches = self._batches(images if expander is None else expander.expand_batch(images), targets, indices,
-                                epoch)
+                                epoch, mix)
         views = {}  # the expanding method reads every view; CE and the other methods read the batch as loaded
         if expander is not None:
             views = {id(expander): [replace(b, views=expander.views) for b in batches]}
@@ -337,7 +337,7 @@ class DistillationLoss(nn.Module):
         return next((m for m in self.methods if m.views > 1), None)
 
     def _batches(self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None,
-                 epoch: int) -> list[DistillBatch]:
+                 epoch: int, mix: Mix | None = None) -> list[DistillBatch]:
         """One DistillBatch per teacher (one without teachers): the student's outputs and that teacher's."""
         teacher_logits, teacher_feats = self.teacher_outputs(images, indices=indices)
         if self._student_trains_in_phase():
@@ -347,7 +347,8 @@ class DistillationLoss(nn.Module):
         else:  # nothing in this init stage reads the student
             logits, student_feats = None, {}
         batch = DistillBatch(student_logits=logits, teacher_logits=teacher_logits, targets=targets,
-                             indices=indices, epoch=epoch, student=student_feats, teacher=teacher_feats)
+                             indices=indices, epoch=epoch, student=student_feats, teacher=teacher_feats, mix=mix,
+                             label_smoothing=self.label_smoothing)
         batches = [batch]
         for index in range(1, len(self.teachers)):
             extra_logits, extra_feats = self.teacher_outputs(images, index, indices)

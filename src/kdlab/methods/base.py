@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from kdlab.data.augment import Mix
+from kdlab.engine.objectives import classification_loss
 from kdlab.errors import KdlabError, closest
 from kdlab.methods.taps import LOGITS
 
@@ -48,6 +50,14 @@ class DistillBatch:
     # Views of each image in the outputs above (a method's `expand_batch`, e.g. SSKD's 4 rotations): the rows are
     # laid out view-major, rows [0, B) being the batch as loaded; `targets` and `indices` hold its B images.
     views: int = 1
+    # The recipe's cross-entropy setting: the batch's mixing (mixup/CutMix, None when unmixed) and label smoothing,
+    # for methods that put a CE term on a head of their own (`task_loss`).
+    mix: Mix | None = None
+    label_smoothing: float = 0.0
+
+    def task_loss(self, logits: torch.Tensor) -> torch.Tensor:
+        """The recipe's CE of `logits` (B rows, the batch as loaded): mixed and smoothed as the engine's CE term."""
+        return classification_loss(logits, self.targets, self.mix, self.label_smoothing)
 
 
 class Method(nn.Module):

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from kdlab import losses
 from kdlab.errors import KdlabError
@@ -66,7 +65,7 @@ class DeiT(Method):
         z_cls, z_dist = batch.student[HEAD], batch.student[DISTILL_TAP]
         dist = losses.deit(z_dist, batch.teacher_logits, mode=hp["mode"], temperature=hp["temperature"],
                            reduction=hp["reduction"])
-        return {"deit_ce": (1.0 - hp["alpha"]) * F.cross_entropy(z_cls.float(), batch.targets),
+        return {"deit_ce": (1.0 - hp["alpha"]) * batch.task_loss(z_cls),
                 "deit": hp["alpha"] * dist}
 
 
