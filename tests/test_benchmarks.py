@@ -211,3 +211,14 @@ def test_kdlab_trainer_steps_like_the_reference_loop_on_identical_batches(baseli
     # one step of any missing piece (weight decay alone moves a BN weight of 1 by 0.05 x 5e-4 = 2.5e-5).
     for (name, p), q in zip(ours.state_dict().items(), reference.state_dict().values(), strict=True):
         assert torch.allclose(p.double(), q.double(), rtol=0, atol=1e-6), name
+
+
+def test_compile_step_runs_end_to_end_with_the_tracing_backend():
+    """benchmarks/compile_step.py with dynamo's 'eager' backend (the tracing without inductor's compilation)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        module = importlib.import_module("compile_step")
+        result = module.main(["--quick", "--threads", "1", "--backend", "eager", "--pair", "resnet8:resnet8"])
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    assert result["ratio"] > 0 and len(result["rates"]["compiled"]) == 2 and result["compile_seconds"] > 0

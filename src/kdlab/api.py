@@ -79,7 +79,7 @@ def distill(config: cfg.Config | dict[str, Any] | None = None, *,
     from kdlab.distillation.loss import DistillationLoss
     from kdlab.engine.rundir import prepare_run_dir
     from kdlab.engine.trainer import Trainer
-    from kdlab.runner.common import fit, setup_runtime
+    from kdlab.runner.common import fake_quantize, fit, setup_runtime
 
     layer = {"model": type(student).__name__, "out": str(out), "method": method,
              "optim": {"epochs": epochs, "lr": lr, "schedule": "cosine"}}
@@ -89,11 +89,12 @@ def distill(config: cfg.Config | dict[str, Any] | None = None, *,
     if input_shape is None:
         input_shape = tuple(next(iter(train_batches))[0].shape[1:])
     student = student.to(device)
+    fq = fake_quantize(student, conf, tuple(input_shape), Path(conf.out), resume, quiet=True)  # qat=True
     loss_fn = DistillationLoss(teacher, student, method=method, taps=taps, ce_weight=ce_weight, hparams=hparams,
                                input_shape=input_shape, epochs=epochs, num_classes=num_classes,
                                teacher_mix=conf.teacher_mix, label_smoothing=conf.label_smoothing).to(device)
     run_dir = prepare_run_dir(conf.out, "distill", resume)
     arch = {"model": type(student).__name__, "num_classes": num_classes, "in_channels": int(input_shape[0]),
             "image_size": int(input_shape[-1]), "data": "user"}
-    trainer = Trainer(conf, loss_fn, train_batches, test_batches, run_dir, arch, device, quiet=True)
+    trainer = Trainer(conf, loss_fn, train_batches, test_batches, run_dir, arch, device, quiet=True, qat=fq)
     return fit(trainer, conf, run_dir, resume)

@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common_run_args(p)
     p.add_argument("--weights", help="start from these weights (a state_dict file or a kdlab checkpoint); a "
                    "classifier for another number of classes is replaced by a new one")
+    _qat_arg(p, "--weights")
     _resolution_args(p)
 
     p = sub.add_parser("distill", help="distill a trained teacher into a student")
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-weights", help="local weights file of the outside teacher")
     p.add_argument("--student-weights", dest="weights", help="start the student from these weights (a state_dict "
                    "file or a kdlab checkpoint); a classifier for another number of classes is replaced")
+    _qat_arg(p, "--student-weights")
     p.add_argument("--method", help="method name or combination, e.g. kd, dkd, dist, kd+at")
     p.add_argument("--ce-weight", type=float, help="cross-entropy weight (default: the method's)")
     p.add_argument("--init-epochs", type=int, help="epochs of a method's initialisation stage")
@@ -178,6 +180,12 @@ def _deploy_parsers(sub) -> None:
     p.add_argument("--threads", type=int, help="threads for PyTorch and ONNX Runtime (default: torch's)")
 
 
+def _qat_arg(p: argparse.ArgumentParser, weights_flag: str) -> None:
+    p.add_argument("--qat", action="store_true", default=None, help="quantization-aware training: fake-quantized "
+                   f"int8 weights and uint8 activations as kdlab quantize deploys them (usually with {weights_flag} "
+                   "of a trained model, a few epochs at a small --lr); then kdlab quantize")
+
+
 def _resolution_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student-resolution", type=int, help="cross-quality: the student sees a downscaled R x R "
                    "view of each batch (and is evaluated at R); data.student_resize_mode=area|bilinear")
@@ -209,6 +217,7 @@ FLAG_KEYS = {  # argparse dest -> config key
     "cutmix": "data.cutmix", "randaugment": "data.randaugment", "clip_grad_norm": "optim.clip_grad_norm",
     "ema_decay": "ema_decay", "eval_every": "eval_every", "eval_subset": "eval_subset", "log_every": "log_every",
     "logger": "loggers", "student_resolution": "data.student_resolution", "downscale": "data.downscale",
+    "qat": "qat",
 }
 
 

@@ -116,6 +116,9 @@ class Config:
     cache_teacher: bool = False
     cache_dir: str | None = None  # None: $XDG_CACHE_HOME/kdlab/teacher-outputs (~/.cache/kdlab/...)
     cache_max_gb: float = 4.0  # refuse caches larger than this (memory and disk)
+    # quantization-aware training (kdlab.engine.qat): the trained model computes with fake-quantized int8
+    # weights and uint8 activations, as `kdlab quantize` deploys it; checkpoints keep the fp32 weights
+    qat: bool = False
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -404,6 +407,14 @@ def recipe_checks(config: Config) -> list[tuple[bool, str]]:
         (config.eval_subset is None or config.eval_subset >= 1,
          f"eval_subset must be at least 1 image, got {config.eval_subset}; e.g. --eval-subset 1000"),
         (config.log_every >= 1, f"log_every must be at least 1, got {config.log_every}; e.g. --log-every 50"),
+        (not config.qat or config.precision == "fp32",
+         f"--qat trains in fp32 (fake quantization rounds fp32 values to the int8 grid; {config.precision} autocast "
+         "would round them again): drop --precision or use --precision fp32"),
+        (not config.qat or not config.compile,
+         "--qat runs eager (fake quantization is attached with forward hooks): drop --compile"),
+        (not config.qat or config.ema_decay is None,
+         "ema_decay averages the weights, and the average is not what trained under fake quantization: drop "
+         "--ema-decay with --qat"),
     ]
 
 

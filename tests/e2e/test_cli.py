@@ -65,9 +65,6 @@ def test_existing_run_is_not_overwritten(teacher_run, capsys):
     (["distill", "--student", "resnet8", "--data", "digits", "--method", "kd", "--teacher", "t.pt",
       "method.kd.temp=3"], "did you mean 'temperature'"),
     (["train", "--model", "resnet8", "--data", "cifar100", "--data-root", "/nonexistent"], "cifar-100-python"),
-    (["distill", "--student", "resnet8", "--data", "digits", "--method", "kd", "--teacher", "t.pt", "--compile"],
-     "works with kdlab train only"),
-    (["mutual", "--models", "resnet8,resnet8", "--data", "digits", "--compile"], "works with kdlab train only"),
 ])
 def test_bad_input_is_one_line_without_traceback(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

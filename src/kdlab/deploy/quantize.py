@@ -17,7 +17,6 @@ fp32 between quantize/dequantize pairs, which is neither int8 nor fast: such a m
 from __future__ import annotations
 
 import math
-import platform
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,8 @@ from kdlab.deploy.files import claim_target, publish, remove, sidecar, temporary
 from kdlab.deploy.runtimes import open_exported
 from kdlab.deploy.samples import RunData, Samples, preprocess, take
 from kdlab.deploy.verify import top1
+from kdlab.engine import checkpoint as ckpt
+from kdlab.engine.qat import needs_reduced_range, weight_qmax  # shared with --qat training
 from kdlab.errors import KdlabError
 
 CALIBRATION_BATCH = 32
@@ -47,17 +48,6 @@ def unsupported_layers(model_path: str | Path) -> list[str]:
     weights = {t.name for t in graph.initializer if len(t.dims) >= 2 and t.data_type in (1, 10, 11, 16)}
     return [f"{node.op_type} {node.name}".strip() for node in graph.node
             if node.op_type not in QDQRegistry and any(name in weights for name in node.input)]
-
-
-def needs_reduced_range() -> bool:
-    """x86 without VNNI (AVX2-only): ONNX Runtime's U8S8 kernels may saturate there unless weights use 7 bits."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True
-    return not any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 class _Calibration:
@@ -178,5 +168,21 @@ def quantize_run(path: str | Path, out: str | Path, calibration: int = 512, memb
         raise KdlabError(f"static quantization calibrates on training images but the data of '{loaded.path}' "
                          f"({loaded.arch.get('data')}) cannot be read here; pass --data NAME --data-root DIR")
     images = take(run_data.train, calibration, run_data, "training images (unaugmented)")
+    if log is not None and loaded.config.get("qat"):
+        note = qat_range_note(loaded.path)
+        if note:
+            log(note)
     return quantize_model(loaded.model, out, images, spec=spec, check=samples, run_data=run_data, force=force,
                           per_channel=per_channel, meta=meta, log=log)
+
+
+def qat_range_note(path: Path) -> str | None:
+    """A note when a --qat checkpoint was trained for another weight range than this CPU's int8 kernels take."""
+    trained = (ckpt.load(path, "checkpoint").get("qat") or {}).get("weight_qmax")
+    here = weight_qmax(needs_reduced_range())
+    if trained is None or int(trained) == here:
+        return None
+    bits = {127: "8-bit", 64: "7-bit"}
+    return (f"kdlab: note: this student was trained with --qat for {bits.get(int(trained), trained)} weights and "
+            f"ONNX Runtime on this CPU takes {bits[here]} ones (reduce_range: VNNI or not), so the int8 model "
+            f"differs from the one trained; quantize it on a CPU like the training one, or train with --qat here")

@@ -381,6 +381,12 @@ class DistillationLoss(nn.Module):
                 grad = grad * scale
                 p.grad = grad if p.grad is None else p.grad + grad
 
+    def compile_networks(self, compile_fn=torch.compile) -> None:
+        """--compile: the student's and every teacher's forward (their taps included) run compiled; parameters,
+        state_dicts and the tap hooks stay the plain modules'."""
+        for recorder in [self._student_taps, *self._teacher_recorders]:
+            recorder.compile(compile_fn)
+
     def remove_hooks(self) -> None:
         for recorder in [self._student_taps, *self._teacher_recorders]:
             recorder.remove()

@@ -55,10 +55,15 @@ class MutualObjective(nn.Module):
         self.weight = weight
         self.label_smoothing = float(label_smoothing)  # of each student's CE term only
         self.ensemble = Ensemble(list(self.students))
+        self._forwards: list = list(self.students)  # what a training step calls (compiled by compile_networks)
+
+    def compile_networks(self, compile_fn=torch.compile) -> None:
+        """--compile: each student's training forward runs compiled; evaluation and state stay the plain modules'."""
+        self._forwards = [compile_fn(s) for s in self.students]
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor | None = None,
                 epoch: int = 1, mix: Mix | None = None) -> StepOutput:
-        logits = [s(images) for s in self.students]
+        logits = [forward(images) for forward in self._forwards]
         terms: dict[str, torch.Tensor] = {}
         total = 0
         for k, name in enumerate(self.names):

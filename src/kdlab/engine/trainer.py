@@ -149,8 +149,9 @@ class Trainer:
 
     def __init__(self, config: Config, objective: nn.Module, train_loader, test_loader, run_dir: str | Path,
                  arch: dict[str, Any], device: torch.device, eval_transform=None, distributed=None,
-                 quiet: bool = False):
+                 quiet: bool = False, qat=None):
         self.config = config
+        self.qat = qat  # kdlab.engine.qat.FakeQuant on the trained model (--qat): its ranges go in the checkpoint
         self.objective = objective
         self.train_loader = train_loader
         self.test_loader = test_loader
@@ -230,6 +231,7 @@ class Trainer:
             "last_record": self.last_record,
             "diverged_epochs": list(self.diverged_epochs),
             "config": to_dict(self.config),
+            **({"qat": self.qat.state_dict()} if self.qat is not None else {}),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -243,6 +245,8 @@ class Trainer:
             if self.ema is not None:
                 self.ema.load_state_dict(state["model"])
         self.objective.load_extra_state(state.get("extra") or {})
+        if self.qat is not None and state.get("qat"):
+            self.qat.load_state_dict(state["qat"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -511,6 +515,8 @@ class Trainer:
                 record[f"test_{key}"] = record[f"test_{first}_{key}"]
         if self.ema is not None:
             record["eval_weights"] = "ema"
+        if self.qat is not None:
+            record["eval_quantized"] = "fake int8"  # weights and activations on the int8 grid (--qat)
         if self.eval_subset is not None:
             record["eval_images"] = self.eval_subset
         return record
@@ -539,6 +545,7 @@ class Trainer:
         if "test_top1" not in record:
             return f"{start}(not evaluated: --eval-every)  {record['images_per_sec']:.0f} img/s"
         notes = [*(["EMA weights"] if record.get("eval_weights") == "ema" else []),
+                 *(["fake-quantized int8"] if record.get("eval_quantized") else []),
                  *([f"{record['eval_images']}-image subset"] if record.get("eval_images") else [])]
         test = f"test ({', '.join(notes)})" if notes else "test"
         if record.get("diverged"):

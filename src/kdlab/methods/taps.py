@@ -98,6 +98,7 @@ class TapRecorder:
         self.stop_early = stop_early and bool(self.taps)
         self.outputs: dict[str, torch.Tensor] = {}
         self._active = False  # hooks act only during this recorder's own run(), not other callers' forwards
+        self._forward = model  # what `run` calls: the model, or its compiled form (`compile`)
         self._handles: list = []
         by_path: dict[str, list[str]] = {}
         for name, path in self.taps.items():
@@ -131,11 +132,18 @@ class TapRecorder:
         self.outputs = {}
         self._active = True
         try:
-            return self.model(*inputs, **kwargs)
+            return self._forward(*inputs, **kwargs)
         except _StopForward:
             return None
         finally:
             self._active = False
+
+    def compile(self, compile_fn) -> None:
+        """Run the model through `compile_fn(model)` (torch.compile) from now on. The hooks stay on the plain
+        modules; dynamo traces them with the forward (a tapped resnet20 compiles to one graph, no breaks). A
+        compiled forward runs to its end: cutting it short (`stop_early`) raises inside the compiled graph."""
+        self.stop_early = False
+        self._forward = compile_fn(self.model)
 
     def remove(self) -> None:
         for handle in self._handles:

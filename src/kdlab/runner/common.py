@@ -20,6 +20,7 @@ from kdlab.data.folder_recipe import describe as describe_folder
 from kdlab.data.folder_recipe import folder_stats
 from kdlab.data.fractions import stratified_count
 from kdlab.engine import checkpoint as ckpt
+from kdlab.engine import qat
 from kdlab.engine.distributed import Context, on_main
 from kdlab.engine.objectives import StepOutput, SupervisedObjective
 from kdlab.engine.precision import pick_device, precision_warning
@@ -192,11 +193,12 @@ def maybe_compile(model: nn.Module, config: Config) -> nn.Module:
     return torch.compile(model) if config.compile else model
 
 
-def refuse_compile(config: Config, command: str) -> None:
-    """Distillation and mutual learning run eager: their taps are forward hooks toggled per step, which
-    torch.compile would re-trace, and on the CPU compiling gave no gain (docs/architecture.md)."""
+def compile_objective(config: Config, objective: nn.Module) -> None:
+    """--compile: the objective's networks run through torch.compile (distillation: student and teachers with their
+    taps; mutual learning: every student). The first step compiles (77 s for resnet20 -> resnet8 on a 2-core CPU);
+    what it gains per step: benchmarks/compile_step.py."""
     if config.compile:
-        raise KdlabError(f"--compile (compile=true) works with kdlab train only; {command} runs eager, so drop it")
+        objective.compile_networks()
 
 
 def refuse_dot(config: Config, command: str) -> None:
@@ -205,6 +207,25 @@ def refuse_dot(config: Config, command: str) -> None:
     if config.optim.optimizer == "dot":
         raise KdlabError(f"optim.optimizer=dot separates the distillation gradient from the task gradient, and "
                          f"{command} has no distillation loss; use --optimizer sgd (DOT is for kdlab distill)")
+
+
+def fake_quantize(model: nn.Module, config: Config, input_shape: tuple[int, int, int], run_dir: Path, resume: bool,
+                  distributed: Context | None = None, quiet: bool = False) -> qat.FakeQuant | None:
+    """--qat: attach fake quantization to the trained model (kdlab.engine.qat), saying what it covers in one line
+    and, when the run starts from no trained weights, that QAT usually fine-tunes one; None without --qat."""
+    if not config.qat:
+        return None
+    if distributed is not None and distributed.world_size > 1:
+        raise KdlabError("--qat observes its activation ranges in one process; run it without torchrun (one "
+                         "process, CPU or one GPU)")
+    fq = qat.attach(model, input_shape)
+    if not quiet and (distributed is None or distributed.is_main):
+        print(fq.describe(), flush=True)
+        if not config.weights and not (resume and (Path(run_dir) / "last.pt").exists()):
+            print("kdlab: note: --qat without starting weights trains from random initialisation; QAT usually "
+                  "fine-tunes a trained model for a few epochs at a small LR (--weights / --student-weights FILE, "
+                  "docs/deploy.md)", file=sys.stderr, flush=True)
+    return fq
 
 
 def fit(trainer: Trainer, config: Config, run_dir: Path, resume: bool) -> dict[str, Any]:

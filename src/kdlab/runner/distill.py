@@ -19,10 +19,11 @@ from kdlab.runner.checkpoints import load_teachers
 from kdlab.runner.common import (
     arch_of,
     build_data,
+    compile_objective,
     create_trained_model,
+    fake_quantize,
     fit,
     prepare_model,
-    refuse_compile,
     setup_runtime,
     student_view,
 )
@@ -33,7 +34,6 @@ def run_distill(config: Config, resume: bool = False, quiet: bool = False) -> di
     """Distill the teacher(s) of `config` into `config.model` with `config.method`."""
     if not config.method:
         raise KdlabError("no method given; pass --method NAME (see 'kdlab list methods')")
-    refuse_compile(config, "kdlab distill")
     methods = parse(config.method, config.methods)  # validate names and hyperparameters before loading anything
     apply_method_optimizer(config, methods)
     refuse_dot_with_own_backward(config, methods)
@@ -49,6 +49,8 @@ def run_distill(config: Config, resume: bool = False, quiet: bool = False) -> di
     student = prepare_model(create_trained_model(config, info, view.size if view else info.image_size, run_dir,
                                                  resume, quiet), config, device)
     student = convert_sync_bn(student, config.sync_bn, device)
+    size = view.size if view else info.image_size
+    fq = fake_quantize(student, config, (info.in_channels, size, size), run_dir, resume, dist, quiet)  # --qat
     objective = DistillationLoss(
         teachers or None, student, method=config.method, ce_weight=config.ce_weight,
         hparams=config.methods, input_shape=(info.in_channels, info.image_size, info.image_size),
@@ -56,14 +58,15 @@ def run_distill(config: Config, resume: bool = False, quiet: bool = False) -> di
         train_indices=getattr(getattr(train_loader, "dataset", None), "indices", None),
         epochs=config.optim.epochs, num_classes=info.num_classes, student_input=view,
         teacher_mix=config.teacher_mix, label_smoothing=config.label_smoothing).to(device)
+    compile_objective(config, objective)
     record_run_length_defaults(config, objective, quiet or (dist is not None and not dist.is_main))
     # --cache-teacher: refuse non-deterministic inputs; load the disk cache or size the new one before training.
     attach_teacher_cache(config, objective, train_loader, (info.in_channels, info.image_size, info.image_size),
                          device, dist, quiet)
     arch = arch_of(config.model, info, view)
-    run_init_stage(config, objective, train_loader, test_loader, run_dir, arch, device, resume, quiet, dist)
+    run_init_stage(config, objective, train_loader, test_loader, run_dir, arch, device, resume, quiet, dist, fq)
     trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch, device, eval_transform=view,
-                      distributed=dist, quiet=quiet)
+                      distributed=dist, quiet=quiet, qat=fq)
     return fit(trainer, config, run_dir, resume)
 
 
@@ -110,7 +113,7 @@ def init_epochs(config: Config) -> int:
 
 
 def run_init_stage(config: Config, objective, train_loader, test_loader, run_dir: Path, arch, device,
-                   resume: bool, quiet: bool, distributed: Context | None = None) -> None:
+                   resume: bool, quiet: bool, distributed: Context | None = None, qat=None) -> None:
     """The initialisation stage of two-stage methods, in run_dir/init/ (checkpointed and resumable).
 
     RepDistiller's protocol: SGD at the base LR with the same momentum and weight decay, no CE, the
@@ -130,7 +133,7 @@ def run_init_stage(config: Config, objective, train_loader, test_loader, run_dir
         init_config.optim.optimizer = "sgd"
     objective.set_phase("init")
     trainer = Trainer(init_config, objective, train_loader, test_loader, init_dir, arch, device,
-                      distributed=distributed, quiet=quiet)
+                      distributed=distributed, quiet=quiet, qat=qat)
     state_path = init_dir / "last.pt"
     if on_main(distributed, state_path.exists):  # rank 0 decides for all
         trainer.resume()

@@ -15,9 +15,9 @@ from kdlab.errors import KdlabError
 from kdlab.runner.common import (
     arch_of,
     build_data,
+    compile_objective,
     fit,
     prepare_model,
-    refuse_compile,
     refuse_dot,
     setup_runtime,
 )
@@ -29,8 +29,10 @@ def run_mutual(config: Config, model_names: list[str], variant: str = "dml", res
 
     if len(model_names) < 2:
         raise KdlabError("deep mutual learning needs at least 2 students; pass --models a,b[,c...]")
-    refuse_compile(config, "kdlab mutual")
     refuse_dot(config, "kdlab mutual")
+    if config.qat:
+        raise KdlabError("kdlab mutual has no --qat: quantization-aware training fine-tunes one student; train the "
+                         "cohort, then fine-tune a student with kdlab distill --qat --student-weights FILE")
     if config.weights:
         raise KdlabError("kdlab mutual trains every cohort member from scratch; drop weights= (start a single "
                          "student from weights with kdlab train --weights or kdlab distill --student-weights)")
@@ -44,6 +46,7 @@ def run_mutual(config: Config, model_names: list[str], variant: str = "dml", res
                       f"{variant}-{'-'.join(model_names)}-{info.name}-s{config.seed}", resume)
     names = cohort_names(model_names)
     objective = MutualObjective(students, names, variant, label_smoothing=config.label_smoothing)
+    compile_objective(config, objective)
     arch = {**arch_of(model_names[0], info), "cohort": model_names, "variant": variant}
     trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch, device, distributed=dist,
                       quiet=quiet)

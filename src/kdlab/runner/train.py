@@ -14,6 +14,7 @@ from kdlab.runner.common import (
     arch_of,
     build_data,
     create_trained_model,
+    fake_quantize,
     fit,
     maybe_compile,
     prepare_model,
@@ -35,8 +36,10 @@ def run_train(config: Config, resume: bool = False, quiet: bool = False) -> dict
     model = prepare_model(create_trained_model(config, info, view.size if view else info.image_size, run_dir, resume,
                                                quiet), config, device)
     model = convert_sync_bn(model, config.sync_bn, device)
+    size = view.size if view else info.image_size
+    fq = fake_quantize(model, config, (info.in_channels, size, size), run_dir, resume, dist, quiet)  # --qat
     objective = (SupervisedObjective(maybe_compile(model, config), config.label_smoothing) if view is None
                  else LowResolutionObjective(maybe_compile(model, config), view, config.label_smoothing))
     trainer = Trainer(config, objective, train_loader, test_loader, run_dir, arch_of(config.model, info, view),
-                      device, eval_transform=view, distributed=dist, quiet=quiet)
+                      device, eval_transform=view, distributed=dist, quiet=quiet, qat=fq)
     return fit(trainer, config, run_dir, resume)
