@@ -65,6 +65,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
                                     + ", ".join(_skipped_real_data), red=True)
 
 
+# CLI flags of a fast, deterministic run on the embedded digits data (a few seconds per epoch).
+DIGITS_FAST = ["--data", "digits", "--batch-size", "128", "--quiet", "data.fraction=0.3", "threads=1",
+               "deterministic=true"]
+
+
+@pytest.fixture(scope="session")
+def digits_resnet8(tmp_path_factory) -> Path:
+    """best.pt of a resnet8 trained for 2 epochs on digits (DIGITS_FAST): a teacher, or a student to fine-tune."""
+    from kdlab.cli import main
+
+    out = tmp_path_factory.mktemp("digits-resnet8") / "run"
+    assert main(["train", "--model", "resnet8", "--epochs", "2", "--out", str(out), *DIGITS_FAST]) == 0
+    return out / "best.pt"
+
+
 @pytest.fixture
 def interrupt_in_epoch(monkeypatch):
     """`interrupt_in_epoch(n)`: the next runs stop with Ctrl-C as epoch n starts (as a kill would), until

@@ -7,6 +7,7 @@ import torch
 import yaml
 from torch import nn
 
+from conftest import DIGITS_FAST
 from kdlab import config as cfg
 from kdlab.cli import main
 from kdlab.distillation.loss import DistillationLoss
@@ -165,19 +166,14 @@ def test_method_dot_is_kd_under_the_dot_optimizer(tmp_path):
     assert torch.equal(objective(x, y).loss, kd(x, y).loss)  # the same loss as KD
 
 
-FAST = ["--data", "digits", "--batch-size", "128", "--quiet", "data.fraction=0.3", "threads=1", "deterministic=true"]
-
-
-@pytest.fixture(scope="module")
-def digits_teacher(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dot") / "teacher"
-    assert main(["train", "--model", "resnet8", "--epochs", "1", "--out", str(out), *FAST]) == 0
-    return out / "best.pt"
+@pytest.fixture
+def digits_teacher(digits_resnet8):
+    return digits_resnet8
 
 
 def test_dot_run_resumes_to_the_same_weights_and_records_its_optimizer(tmp_path, digits_teacher, interrupt_in_epoch):
     args = ["distill", "--teacher", str(digits_teacher), "--student", "resnet8", "--method", "dot", "--epochs", "2",
-            *FAST]
+            *DIGITS_FAST]
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
     saved = yaml.safe_load((tmp_path / "whole" / "config.yaml").read_text())
     assert saved["method"] == "dot" and saved["optim"]["optimizer"] == "dot"  # config.yaml says what ran
@@ -203,7 +199,7 @@ def test_dot_run_resumes_to_the_same_weights_and_records_its_optimizer(tmp_path,
 def test_combinations_without_meaning_are_refused_in_one_line(tmp_path, digits_teacher, capsys, args, words):
     if args[0] == "distill":
         args = [*args, "--teacher", str(digits_teacher)]
-    assert main([*args, "--epochs", "1", "--out", str(tmp_path / "run"), *FAST]) == 2
+    assert main([*args, "--epochs", "1", "--out", str(tmp_path / "run"), *DIGITS_FAST]) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run" / "last.pt").exists()

@@ -10,6 +10,7 @@ import yaml
 from torch import nn
 
 import kdlab
+from conftest import DIGITS_FAST
 from kdlab import models
 from kdlab.cli import main
 from kdlab.data import build_loaders
@@ -141,19 +142,14 @@ def test_models_with_weights_outside_conv_and_linear_are_refused_in_one_line():
 
 
 # ------------------------------------------------------------------------------------------------ runs
-FAST = ["--data", "digits", "--batch-size", "128", "--quiet", "data.fraction=0.3", "threads=1", "deterministic=true"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("qat") / "teacher"
-    assert main(["train", "--model", "resnet8", "--epochs", "2", "--out", str(out), *FAST]) == 0
-    return out / "best.pt"
+@pytest.fixture
+def trained(digits_resnet8):
+    return digits_resnet8
 
 
 def qat_args(trained):
     return ["distill", "--teacher", str(trained), "--student", "resnet8", "--student-weights", str(trained),
-            "--method", "kd", "--qat", "--epochs", "2", "--lr", "0.01", *FAST]
+            "--method", "kd", "--qat", "--epochs", "2", "--lr", "0.01", *DIGITS_FAST]
 
 
 def test_a_qat_run_trains_the_weights_and_saves_a_plain_checkpoint(trained, tmp_path, capsys):
