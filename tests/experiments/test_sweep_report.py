@@ -284,7 +284,14 @@ def test_gain_bars_are_sorted_with_the_seeds_spread():
     labels = [h.get_label() for h in rel.containers]
     assert labels == ["accuracy", "accuracy, < 5 samples", "share of samples"]
     assert sum(p.get_height() for p in rel.containers[2]) == pytest.approx(1.0)
+    # every other seed: its bins of at least 5 samples as dots (the 3-sample bin has none)
+    fig2, seeds = plt.subplots()
+    draw_reliability(seeds, [0.5, 0.9], [1.0, 0.8], [2, 98], "r", [([0.6, 0.7], [3, 97]), ([0.4, 0.9], [10, 90])])
+    dots = [c.get_offsets().tolist() for c in seeds.collections]
+    assert dots == [[[0.75, 0.7]], [[0.25, 0.4], [0.75, 0.9]]]
+    assert seeds.collections[0].get_label() == "other runs' accuracy"  # one legend entry for all other seeds
     plt.close(fig)
+    plt.close(fig2)
 
 
 def test_report_fraction_table_when_runs_differ_by_fraction(sweep, tmp_path):

@@ -50,10 +50,12 @@ def outside_legend(ax: Any, count: int) -> None:
 MIN_BIN = 5  # reliability bins with fewer samples are drawn faded and hatched: their accuracy is mostly noise
 
 
-def draw_reliability(ax: Any, confidence: list[float], accuracy: list[float], count: list[int], title: str) -> None:
+def draw_reliability(ax: Any, confidence: list[float], accuracy: list[float], count: list[int], title: str,
+                     other_seeds: list[tuple[list[float], list[int]]] = ()) -> None:
     """One reliability diagram: accuracy per confidence bin against the diagonal, with the share of the test
     samples in each bin as grey bars behind; bins of fewer than MIN_BIN samples are faded and hatched (a bin of
-    one sample drawn as a full bar would mislead). Empty bins draw nothing."""
+    one sample drawn as a full bar would mislead). Empty bins draw nothing. `other_seeds` ((accuracy, count) of
+    the same bins for each further run) are drawn as dots on their bins of at least MIN_BIN samples."""
     bins = len(confidence)
     total = max(1, sum(count))
     centers = [(i + 0.5) / bins for i in range(bins)]
@@ -67,6 +69,10 @@ def draw_reliability(ax: Any, confidence: list[float], accuracy: list[float], co
                alpha=0.25, hatch="//", label=f"accuracy, < {MIN_BIN} samples")
     ax.bar(centers, [c / total for c in count], width=0.3 / bins, color="0.25", zorder=3,
            label="share of samples")  # narrow, on top: visible inside the accuracy bars
+    for index, (acc, cnt) in enumerate(other_seeds):
+        dots = [(x, a) for x, a, c in zip(centers, acc, cnt) if c >= MIN_BIN]
+        ax.scatter([x for x, _ in dots], [a for _, a in dots], s=9, color="white", edgecolors="k", linewidths=0.7,
+                   zorder=4, label="other runs' accuracy" if index == 0 else None)
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("confidence")
@@ -140,18 +146,32 @@ def _small_multiples(plt: Any, rows: list, title: str, path: Path, teacher_label
         if teacher is not None:
             ax.axhline(sum(r.at("last")["test_top1"] for r in teacher.runs) / len(teacher.runs), color="tab:purple",
                        ls="--", lw=0.8, label="teacher")
-        _band(ax, cell, "tab:blue", label)
+        _band(ax, cell, "tab:blue", "the panel's method")
         ax.set_title(f"{label} [n={cell.seeds}]", fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
-    for ax in flat[len(methods):]:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    for index, ax in enumerate(flat[len(methods):], len(methods)):
         ax.set_visible(False)
+        if index >= ncols:  # the panel above an empty slot is the lowest of its column: it names the x axis
+            flat[index - ncols].tick_params(labelbottom=True)
+            flat[index - ncols].set_xlabel("epoch", fontsize=8)
     for row in axes:
         row[0].set_ylabel("test top-1 (%)", fontsize=8)
-    flat[0].legend(fontsize=6, loc="lower right")
+    for ax in axes[-1]:
+        if ax.get_visible():
+            ax.set_xlabel("epoch", fontsize=8)
+    # One legend for all panels, above them (inside a panel it would cover curves).
+    handles, labels = flat[0].get_legend_handles_labels()
+    inch = 1 / fig.get_figheight()  # figure fraction of an inch: the title, then the legend, then the panels
     fig.suptitle(f"{title}: test top-1 per epoch, each method (blue) against the baseline (grey); mean, min-max "
-                 f"over seeds", fontsize=9)
-    return _save(plt, fig, path)
+                 f"over seeds", fontsize=9, y=1 - 0.1 * inch, va="top")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.65 * inch))
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 1 - 0.33 * inch))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _curves(plt: Any, rows: list, title: str, path: Path, teacher_label: str) -> Path:
@@ -244,31 +264,49 @@ def _gains(plt: Any, rows: list, title: str, path: Path) -> Path | None:
 
 
 def _reliability(plt: Any, rows: list, title: str, path: Path) -> Path | None:
+    """One reliability diagram per row: the first run's bars, every other run's (seeds, cohort members) bin
+    accuracies as dots, and every run's ECE in the panel title; one legend above the panels."""
     panels = []
     for label, cell in rows:
-        run = cell.runs[0]
-        try:
-            confidence, accuracy, count = load_bins(run.run_dir, run.member)
-        except (OSError, KeyError, ValueError):
-            continue  # a run from before reliability.json existed
-        panels.append((label, run, confidence, accuracy, count))
+        seeds = []
+        for run in cell.runs:
+            try:
+                seeds.append((run, *load_bins(run.run_dir, run.member)))
+            except (OSError, KeyError, ValueError):
+                continue  # a run from before reliability.json existed
+        if seeds:
+            panels.append((label, seeds))
     if not panels:
         return None
     ncols = min(len(panels), MAX_PANELS_PER_ROW)
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.8 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.8 * nrows + 0.6), squeeze=False)
     flat = [ax for row in axes for ax in row]
-    for ax, (label, run, confidence, accuracy, count) in zip(flat, panels):
-        ece = run.at("last").get("test_ece")
-        name = f"{label} (seed {run.seed})"
-        draw_reliability(ax, confidence, accuracy, count, f"{name}\nECE {ece:.2f}%" if ece is not None else name)
+    for ax, (label, seeds) in zip(flat, panels):
+        first, confidence, accuracy, count = seeds[0]
+        eces = [run.at("last").get("test_ece") for run, *_ in seeds]
+        ece = " / ".join(f"{e:.2f}" for e in eces if e is not None)
+        name = f"{label} (seed {first.seed})" if len(seeds) == 1 else f"{label} ({len(seeds)} runs)"
+        draw_reliability(ax, confidence, accuracy, count, f"{name}\nECE {ece}%" if ece else name,
+                         [(acc, cnt) for _, _, acc, cnt in seeds[1:]])
     for ax in flat[len(panels):]:
         ax.set_visible(False)
     for row in axes:
         row[0].set_ylabel("accuracy")
-    axes[0][0].legend(loc="upper left", fontsize=6)
-    fig.suptitle(f"{title}: reliability, last epoch", fontsize=9)
-    return _save(plt, fig, path)
+    handles, labels = {}, []
+    for ax in flat[:len(panels)]:  # every kind of mark that some panel drew, once
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            if text not in handles:
+                handles[text] = handle
+                labels.append(text)
+    inch = 1 / fig.get_figheight()
+    fig.suptitle(f"{title}: reliability, last epoch", fontsize=9, y=1 - 0.1 * inch, va="top")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.65 * inch))
+    fig.legend([handles[t] for t in labels], labels, loc="upper center", ncol=len(labels), fontsize=7,
+               frameon=False, bbox_to_anchor=(0.5, 1 - 0.33 * inch))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _save(plt: Any, fig: Any, path: Path) -> Path:
