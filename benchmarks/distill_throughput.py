@@ -133,7 +133,7 @@ class Setup:
         objective = DistillationLoss(
             copy.deepcopy(self.teacher), self.student(), method=method,
             input_shape=(3, args.image_size, args.image_size), train_targets=self.dataset.targets,
-            epochs=240, num_classes=self.num_classes)
+            epochs=240, num_classes=self.num_classes, normalization=(self.dataset.mean, self.dataset.std))
         objective.set_phase("main")
         return objective
 

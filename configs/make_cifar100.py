@@ -93,6 +93,7 @@ SAME = {
     "ickd": ("I", "71.76 73.89 75.25 75.64 74.33 73.42 71.68"),
     "ctkd": ("C", "71.19 73.52 73.39 75.45 73.93 73.52 70.99"),
     "dot": ("Z", "- - 75.12 - - 73.77 -"),
+    "mlkd": ("J", "72.19 74.11 77.08 76.63 75.35 75.18 71.89"),
 }
 CROSS = {
     "teacher": ("R", "74.64 79.42 79.42 75.61"),
@@ -120,6 +121,7 @@ CROSS = {
     "sdd": ("W", "68.79 76.30 76.67 76.65"),
     "sdd_dkd": ("W", "70.25 77.30 78.05 77.21"),
     "sdd_nkd": ("W", "69.50 76.34 77.07 76.81"),
+    "mlkd": ("J", "70.57 - 78.44 -"),
 }
 SOURCES = {
     "R": "Tian, Krishnan, Isola, ICLR 2020 (arXiv:1910.10699), as in the github.com/HobbitLong/RepDistiller README; "
@@ -137,6 +139,9 @@ SOURCES = {
          "github.com/shicaiwei123/SDD-CVPR2024 (cells [1,2,4])",
     "Z": "Zhao, Cui, Song, Liang, ICCV 2023 (arXiv:2307.08436), KD+DOT as in the github.com/megvii-research/mdistiller "
          "README",
+    "J": "Jin, Wang, Lin, CVPR 2023 (Multi-Level Logit Distillation), the MLKD rows of the "
+         "github.com/sunshangquan/logit-standardization-KD README (the baselines that README compares with; not "
+         "checked against the MLKD paper, whose repository's README has no table)",
     "ND": "the ReviewKD paper's comparison (Chen et al., CVPR 2021, arXiv:2104.09044) as quoted by the "
           "github.com/WangYZ1608/Knowledge-Distillation-via-ND README",
 }
@@ -215,6 +220,12 @@ def published_hparams(pair: str, info: dict) -> dict[str, tuple[str, dict, str]]
         "weight": 1.0, "base": "nkd", "gamma": beta, "temperature": 4.0, "scales": sdd_scales, "warmup": 20}}},
         f"{sdd_repo} SDD_NKD, which reads DKD.T 4 as T and this pair's DKD.BETA as gamma, DKD.WARMUP 20, "
         f"CE 1, --M {sdd_scales}")
+    mlkd_lr = 0.01 if pair.split("-")[1] in LIGHT else 0.025
+    configs["mlkd"] = ("mlkd", {"ce_weight": 0.1, "optim": {"lr": mlkd_lr}, "methods": {"mlkd": {
+        "weight": 1.0, "kd_weight": 0.9, "strong_ce_weight": 0.1, "temperature": 4.0}}},
+        "github.com/Jin-Ying/Multi-Level-Logit-Distillation configs/cifar100/ours/ (SOLVER.LR 0.025, 0.01 for "
+        "MobileNetV2/ShuffleNet students; batch 64, 240 epochs, x0.1 at 150/180/210, wd 5e-4) with mdistiller's "
+        "KD.* (CE 0.1 on each view, KD 0.9, T 4)")
     if pair in DOT_PAIRS:
         configs["dot"] = ("dot", {"ce_weight": 0.1, "methods": {"dot": {"weight": 0.9, "temperature": 4.0}}},
                           "github.com/megvii-research/mdistiller configs/cifar100/dot/: KD with mdistiller's KD.* "
@@ -225,7 +236,7 @@ def published_hparams(pair: str, info: dict) -> dict[str, tuple[str, dict, str]]
     return configs
 
 
-def deviations(spec: str, settings: dict[str, Any]) -> dict[str, Any]:
+def deviations(spec: str, settings: dict[str, Any], student: str = "") -> dict[str, Any]:
     """The published `settings` less whatever equals kdlab's defaults (the method class, the cifar100 recipe)."""
     cls = methods.get(spec)
     published = dict(settings.get("methods", {}).get(spec, {}))
@@ -241,6 +252,10 @@ def deviations(spec: str, settings: dict[str, Any]) -> dict[str, Any]:
     cifar_init_epochs = init_epochs(cfg.build([{"data": {"name": "cifar100"}}]))  # kdlab's default: 30
     if "init_epochs" in settings and settings["init_epochs"] != cifar_init_epochs:
         out["init_epochs"] = settings["init_epochs"]
+    recipe = {"lr": 0.01 if student in LIGHT else 0.05}  # kdlab's cifar100 LR for this student
+    optim = {k: v for k, v in settings.get("optim", {}).items() if recipe.get(k) != v}
+    if optim:
+        out["optim"] = optim
     out["methods"] = {spec: kept} if kept else {}
     return out
 
@@ -267,8 +282,10 @@ def dump(path: Path, header: list[str], body: dict) -> None:
 
 
 def describe(settings: dict[str, Any]) -> str:
-    """'ce_weight 0.1, init_epochs 30, beta 2.0' for the header."""
-    items = [(k, v) for k, v in settings.items() if k != "methods"]
+    """'ce_weight 0.1, init_epochs 30, optim.lr 0.025, beta 2.0' for the header."""
+    items = [(k, v) for k, v in settings.items() if k != "methods" and not isinstance(v, dict)]
+    items += [(f"{k}.{key}", v) for k, section in settings.items() if k != "methods" and isinstance(section, dict)
+              for key, v in section.items()]
     items += [(k, v) for hp in settings.get("methods", {}).values() for k, v in hp.items()]
     return ", ".join(f"{k} {v}" for k, v in items)
 
@@ -290,7 +307,7 @@ def main() -> None:
     for pair, info in PAIRS.items():
         teacher, student = pair.split("-")
         for name, (spec, settings, why) in published_hparams(pair, info).items():
-            changed = deviations(spec, settings)
+            changed = deviations(spec, settings, student)
             sets = describe(changed)
             header = [f"{teacher} -> {student} on CIFAR-100, {name}; the CRD/RepDistiller recipe from kdlab's cifar100",
                       "defaults (240 epochs, SGD 0.9, lr 0.05 or 0.01 for MobileNet/ShuffleNet students, x0.1 at",

@@ -81,6 +81,24 @@ def digits_resnet8(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def whole_and_resumed(tmp_path, interrupt_in_epoch):
+    """`whole_and_resumed(args)`: the CLI run `args` (train/distill/mutual, without --out) once uninterrupted and
+    once killed as epoch 2 starts, then resumed by `kdlab <command> --out DIR --resume`; returns both last.pt states
+    (whole, resumed), whose weights a lossless resume makes equal. The run directories are tmp_path/whole, /killed."""
+    from kdlab.cli import main
+
+    def run(args: list[str]) -> tuple[dict, dict]:
+        assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+        interrupt_in_epoch(2)
+        assert main([*args, "--out", str(tmp_path / "killed")]) == 130
+        interrupt_in_epoch(None)
+        assert main([args[0], "--out", str(tmp_path / "killed"), "--resume", "--quiet"]) == 0
+        return tuple(torch.load(tmp_path / name / "last.pt", weights_only=True) for name in ("whole", "killed"))
+
+    return run
+
+
+@pytest.fixture
 def interrupt_in_epoch(monkeypatch):
     """`interrupt_in_epoch(n)`: the next runs stop with Ctrl-C as epoch n starts (as a kill would), until
     `interrupt_in_epoch(None)` lets them train again."""

@@ -63,12 +63,14 @@ def distill(config: cfg.Config | dict[str, Any] | None = None, *,
             train_loader: Iterable | None = None, test_loader: Iterable | None = None, method: str = "kd",
             epochs: int = 30, lr: float = 0.05, out: str | Path = "runs/distill", num_classes: int | None = None,
             input_shape: Sequence[int] | None = None, taps: dict | None = None, hparams: dict | None = None,
-            ce_weight: float | None = None, resume: bool = False, **config_overrides: Any) -> dict:
+            ce_weight: float | None = None, resume: bool = False,
+            normalization: tuple[Sequence[float], Sequence[float]] | None = None, **config_overrides: Any) -> dict:
     """Distill a teacher into a student: from a config (as `kdlab distill`) or from your own objects.
 
     With objects, `student`, `train_loader` and `test_loader` are required; `input_shape` (C, H, W) is needed
-    by feature methods (it is read from the first batch when omitted); other training settings are config
-    keys (`optim={"schedule": "cosine"}`, `precision="bf16"`, ...).
+    by feature methods (it is read from the first batch when omitted); `normalization` (mean, std), the per-channel
+    values your loader normalised with, by methods that augment in pixel space (mlkd); other training settings are
+    config keys (`optim={"schedule": "cosine"}`, `precision="bf16"`, ...).
     """
     from kdlab.runner.distill import run_distill
 
@@ -92,7 +94,8 @@ def distill(config: cfg.Config | dict[str, Any] | None = None, *,
     fq = fake_quantize(student, conf, tuple(input_shape), Path(conf.out), resume, quiet=True)  # qat=True
     loss_fn = DistillationLoss(teacher, student, method=method, taps=taps, ce_weight=ce_weight, hparams=hparams,
                                input_shape=input_shape, epochs=epochs, num_classes=num_classes,
-                               teacher_mix=conf.teacher_mix, label_smoothing=conf.label_smoothing).to(device)
+                               teacher_mix=conf.teacher_mix, label_smoothing=conf.label_smoothing,
+                               normalization=normalization).to(device)
     run_dir = prepare_run_dir(conf.out, "distill", resume)
     arch = {"model": type(student).__name__, "num_classes": num_classes, "in_channels": int(input_shape[0]),
             "image_size": int(input_shape[-1]), "data": "user"}

@@ -17,15 +17,9 @@ RECIPE = ["--optimizer", "adamw", "--lr", "0.003", "optim.warmup_epochs=1", "--l
           "--ema-decay", "0.9"]
 
 
-def test_resume_with_every_recipe_option_matches_the_uninterrupted_run(tmp_path, interrupt_in_epoch):
-    common = ["train", *FAST, *RECIPE, "--quiet", "--deterministic", "--seed", "2", "--epochs", "2"]
-    assert main([*common, "--out", str(tmp_path / "full")]) == 0
-    interrupt_in_epoch(2)
-    assert main([*common, "--out", str(tmp_path / "part")]) == 130
-    interrupt_in_epoch(None)
-    assert main(["train", "--out", str(tmp_path / "part"), "--resume", "--quiet"]) == 0
-    full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
-    resumed = torch.load(tmp_path / "part" / "last.pt", weights_only=True)
+def test_resume_with_every_recipe_option_matches_the_uninterrupted_run(tmp_path, whole_and_resumed):
+    full, resumed = whole_and_resumed(["train", *FAST, *RECIPE, "--quiet", "--deterministic", "--seed", "2",
+                                       "--epochs", "2"])
     for part in ("model", "train_model"):  # the EMA (reported) and the trained weights
         for key, value in full[part].items():
             assert torch.equal(value, resumed[part][key]), (part, key)
@@ -33,10 +27,10 @@ def test_resume_with_every_recipe_option_matches_the_uninterrupted_run(tmp_path,
     for index, state in full["optimizer"]["state"].items():  # AdamW's moments and step counts
         for name, value in state.items():
             assert torch.equal(value, resumed["optimizer"]["state"][index][name]), (index, name)
-    lines = read_metrics(tmp_path / "part")
+    lines = read_metrics(tmp_path / "killed")
     assert [r["epoch"] for r in lines] == [1, 2] and all(r["eval_weights"] == "ema" for r in lines)
     assert lines[0]["lr"] == pytest.approx(0.003)  # warm-up over 1 epoch, then cosine
-    saved = yaml.safe_load((tmp_path / "part" / "config.yaml").read_text())
+    saved = yaml.safe_load((tmp_path / "killed" / "config.yaml").read_text())
     assert saved["optim"]["optimizer"] == "adamw" and saved["data"]["randaugment"] == "2,9"
     assert saved["ema_decay"] == 0.9 and saved["data"]["cutmix"] == 1.0
 

@@ -171,18 +171,12 @@ def digits_teacher(digits_resnet8):
     return digits_resnet8
 
 
-def test_dot_run_resumes_to_the_same_weights_and_records_its_optimizer(tmp_path, digits_teacher, interrupt_in_epoch):
+def test_dot_run_resumes_to_the_same_weights_and_records_its_optimizer(tmp_path, digits_teacher, whole_and_resumed):
     args = ["distill", "--teacher", str(digits_teacher), "--student", "resnet8", "--method", "dot", "--epochs", "2",
             *DIGITS_FAST]
-    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    whole, resumed = whole_and_resumed(args)
     saved = yaml.safe_load((tmp_path / "whole" / "config.yaml").read_text())
     assert saved["method"] == "dot" and saved["optim"]["optimizer"] == "dot"  # config.yaml says what ran
-    interrupt_in_epoch(2)
-    assert main([*args, "--out", str(tmp_path / "killed")]) == 130
-    interrupt_in_epoch(None)
-    assert main(["distill", "--out", str(tmp_path / "killed"), "--resume", "--quiet"]) == 0
-    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
-    resumed = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
     for key, value in whole["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
     buffers = {k for s in resumed["optimizer"]["state"].values() for k in s}

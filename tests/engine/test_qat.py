@@ -173,14 +173,8 @@ def test_a_qat_run_trains_the_weights_and_saves_a_plain_checkpoint(trained, tmp_
     assert result.as_dict("test_")["test_top1"] == record["test_top1"]
 
 
-def test_a_killed_qat_run_resumes_to_the_same_weights_and_ranges(trained, tmp_path, interrupt_in_epoch):
-    assert main([*qat_args(trained), "--out", str(tmp_path / "whole")]) == 0
-    interrupt_in_epoch(2)
-    assert main([*qat_args(trained), "--out", str(tmp_path / "killed")]) == 130
-    interrupt_in_epoch(None)
-    assert main(["distill", "--out", str(tmp_path / "killed"), "--resume", "--quiet"]) == 0
-    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
-    resumed = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
+def test_a_killed_qat_run_resumes_to_the_same_weights_and_ranges(trained, whole_and_resumed):
+    whole, resumed = whole_and_resumed(qat_args(trained))
     for key, value in whole["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
     for point, value in whole["qat"]["ranges"].items():

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from kdlab.errors import KdlabError
 
 __all__ = ["random_crop", "random_flip", "normalize", "resize", "BatchMixer", "Mix", "rand_augment",
-           "RANDAUGMENT_OPS"]
+           "RANDAUGMENT_OPS", "rand_augment_fixmatch", "FIXMATCH_OPS", "cutout", "equalize"]
 
 
 def _check_batch(images: torch.Tensor, what: str) -> None:
@@ -180,7 +180,8 @@ def _paste_box(images: torch.Tensor, other: torch.Tensor, lam: float, rng: np.ra
 # magnitude M of 30 steps. The ops and each one's range at M = 30 follow torchvision's RandAugment
 # (github.com/pytorch/vision, torchvision/transforms/autoaugment.py, `_augmentation_space`): shear 0.3,
 # translate 150/331 of the side, rotate 30 degrees, brightness/colour/contrast/sharpness factor 1 ± 0.9,
-# posterize to 4 bits, solarize at threshold 0; equalize is left out (a per-image histogram does not batch).
+# posterize to 4 bits, solarize at threshold 0; equalize is left out of this set (`equalize` below batches it for
+# FixMatch's set, `rand_augment_fixmatch`).
 RANDAUGMENT_OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness", "color",
                    "contrast", "sharpness", "posterize", "solarize", "autocontrast")
 MAX_MAGNITUDE = 30
@@ -264,8 +265,12 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 def _blend(x: torch.Tensor, degenerate: torch.Tensor, level: float, sign: torch.Tensor) -> torch.Tensor:
     """PIL's ImageEnhance: degenerate + factor·(x - degenerate), factor = 1 ± 0.9·level."""
-    factor = (1.0 + sign * 0.9 * level).view(-1, 1, 1, 1)
-    return degenerate + factor * (x - degenerate)
+    return _enhance(x, degenerate, 1.0 + sign * 0.9 * level)
+
+
+def _enhance(x: torch.Tensor, degenerate: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """PIL's ImageEnhance with one factor per image (N,): degenerate + factor·(x - degenerate)."""
+    return degenerate + factor.view(-1, 1, 1, 1) * (x - degenerate)
 
 
 def _sharpness_degenerate(x: torch.Tensor) -> torch.Tensor:
@@ -305,4 +310,161 @@ _OPS = {
     "posterize": _posterize,
     "solarize": lambda x, level, sign: torch.where(x >= 1.0 - level, 1.0 - x, x),
     "autocontrast": _autocontrast,
+}
+
+
+# ------------------------------------------------------------------------------------------- FixMatch RandAugment
+# The RandAugment variant of FixMatch (Sohn et al., NeurIPS 2020, arXiv:2001.07685), which MLKD's strong view uses
+# (github.com/Jin-Ying/Multi-Level-Logit-Distillation, mdistiller/dataset/cifar100.py `RandAugment`): ops drawn
+# uniformly with replacement, each with its own magnitude drawn uniformly from the op's range below (no global
+# magnitude M). Ranges and conventions are PIL's, as that code applies them: enhance factors below 1 only,
+# posterize to 4..7 bits, rotation in degrees about the centre, shear about the top-left corner, translation as a
+# fraction of the side, solarize at a threshold in 0..256 (pixel values >= it are inverted).
+FIXMATCH_OPS = {
+    "autocontrast": (0.0, 1.0), "brightness": (0.05, 0.95), "color": (0.05, 0.95), "contrast": (0.05, 0.95),
+    "equalize": (0.0, 1.0), "identity": (0.0, 1.0), "posterize": (4.0, 8.0), "rotate": (-30.0, 30.0),
+    "sharpness": (0.05, 0.95), "shear_x": (-0.3, 0.3), "shear_y": (-0.3, 0.3), "solarize": (0.0, 256.0),
+    "translate_x": (-0.3, 0.3), "translate_y": (-0.3, 0.3),
+}
+
+
+def rand_augment_fixmatch(images: torch.Tensor, num_ops: int = 2, generator: torch.Generator | None = None,
+                          ops: Sequence[str] = tuple(FIXMATCH_OPS)) -> torch.Tensor:
+    """FixMatch-style RandAugment on a batch: each image gets ``num_ops`` ops drawn uniformly (with replacement)
+    from ``ops``, each at a magnitude drawn uniformly from its range in ``FIXMATCH_OPS`` for that image alone.
+
+    uint8 images (0..255) come back uint8; float images must be in [0, 1] (un-normalised) and come back float.
+    Geometric ops sample the nearest pixel and fill with black, as PIL. Draws (ops, magnitudes) come from
+    ``generator``, ``2·num_ops·N`` values per call. Follow with :func:`cutout` for the FixMatch / MLKD strong view.
+    """
+    _check_batch(images, "rand_augment_fixmatch")
+    unknown = [op for op in ops if op not in FIXMATCH_OPS]
+    if unknown or not ops:
+        raise KdlabError(f"rand_augment_fixmatch ops {unknown or '[]'} are not among {', '.join(FIXMATCH_OPS)}")
+    if num_ops < 0:
+        raise KdlabError(f"rand_augment_fixmatch needs num_ops >= 0, got {num_ops}")
+    n = images.shape[0]
+    if n == 0 or num_ops == 0:
+        return images
+    choices = torch.randint(0, len(ops), (num_ops, n), generator=generator)
+    draws = torch.rand(num_ops, n, generator=generator)
+    x = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
+    for r in range(num_ops):
+        for k, name in enumerate(ops):
+            chosen = (choices[r] == k).nonzero().flatten()
+            if name == "identity" or len(chosen) == 0:
+                continue
+            low, high = FIXMATCH_OPS[name]
+            value = (low + (high - low) * draws[r].index_select(0, chosen)).to(x.device)
+            chosen = chosen.to(x.device)
+            x[chosen] = _FIXMATCH[name](x.index_select(0, chosen), value).clamp_(0.0, 1.0)
+    if images.dtype == torch.uint8:
+        return x.mul_(255.0).round_().to(torch.uint8)
+    return x.to(images.dtype)
+
+
+def cutout(images: torch.Tensor, max_fraction: float = 0.5, fill: float | Sequence[float] = 0.5,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Cutout (DeVries & Taylor 2017, arXiv:1708.04552) as FixMatch applies it: one box per image, of a size drawn
+    uniformly in [0, ``max_fraction``]·the side (height and width scaled alike: a square on square images), centred
+    uniformly on the image and clipped at its top and left edges (then cut at the others), filled with ``fill``
+    (one value or one per channel, in the images' units: 0..255 for uint8, [0, 1] for float).
+
+    The box covers rows [y0, y0 + s·H) with y0 = max(0, ⌊cy - s·H/2⌋), and the same for columns; a size 0 leaves
+    the image as it is. Draws: ``3·N`` values from ``generator`` (size, centre row, centre column).
+    """
+    _check_batch(images, "cutout")
+    if not 0.0 <= max_fraction <= 1.0:
+        raise KdlabError(f"cutout max_fraction must be in [0, 1], got {max_fraction}")
+    n, c, h, w = images.shape
+    fill_t = torch.as_tensor(fill, dtype=torch.float32).flatten()
+    if fill_t.numel() not in (1, c):
+        raise KdlabError(f"cutout got {fill_t.numel()} fill values for images with {c} channels; give one value "
+                         f"or one per channel")
+    if n == 0:
+        return images
+    draws = torch.rand(n, 3, generator=generator)
+    size = (draws[:, 0] * max_fraction).to(images.device)
+    rows = _cutout_span(size * h, draws[:, 1].to(images.device) * h, h)  # N,H
+    cols = _cutout_span(size * w, draws[:, 2].to(images.device) * w, w)  # N,W
+    box = (rows[:, :, None] & cols[:, None, :]).unsqueeze(1)  # N,1,H,W
+    value = fill_t.to(images.device).view(1, -1, 1, 1).to(images.dtype)
+    return torch.where(box, value, images)
+
+
+def _cutout_span(length: torch.Tensor, centre: torch.Tensor, side: int) -> torch.Tensor:
+    """(N, side) booleans: the positions [start, start + length) with start = max(0, ⌊centre - length/2⌋)."""
+    start = (centre - length / 2).clamp_min(0.0).floor()
+    positions = torch.arange(side, device=length.device, dtype=length.dtype)
+    return (positions >= start[:, None]) & (positions < (start + length)[:, None])
+
+
+def equalize(images: torch.Tensor) -> torch.Tensor:
+    """Histogram equalisation of each image and channel, as PIL's ``ImageOps.equalize``, on the whole batch at once.
+
+    Per channel with histogram h over the 256 levels: step = (Σh - h[last level present]) // 255; where step is 0
+    (a flat channel) the channel is kept, else level i maps to (step//2 + Σ_{j<i} h[j]) // step, capped at 255.
+    uint8 in gives uint8 out; float images in [0, 1] are read at 8-bit levels and come back float.
+    """
+    _check_batch(images, "equalize")
+    x = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
+    out = _equalize(x)
+    if images.dtype == torch.uint8:
+        return out.mul_(255.0).round_().to(torch.uint8)
+    return out.to(images.dtype)
+
+
+def _equalize(x: torch.Tensor) -> torch.Tensor:
+    n, c, h, w = x.shape
+    levels = (x * 255.0).round_().clamp_(0, 255).long().view(n * c, h * w)
+    hist = torch.zeros(n * c, 256, device=x.device, dtype=torch.long)
+    hist.scatter_add_(1, levels, torch.ones_like(levels))
+    last = hist.gather(1, levels.amax(dim=1, keepdim=True))  # count of the highest level present
+    step = (h * w - last) // 255  # N·C,1
+    before = hist.cumsum(dim=1) - hist  # pixels below each level
+    lut = ((step // 2 + before) // step.clamp_min(1)).clamp_(max=255)
+    mapped = torch.where(step > 0, lut.gather(1, levels), levels)
+    return mapped.float().div_(255.0).view(n, c, h, w)
+
+
+def _fixmatch_posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    step = torch.pow(2.0, 8.0 - bits.floor().clamp(1, 8)).view(-1, 1, 1, 1)
+    return torch.floor(torch.round(x * 255.0) / step) * step / 255.0
+
+
+def _fixmatch_shear(axis: int):
+    """PIL's affine shear (1, v, 0, 0, 1, 0) (x) or (1, 0, 0, v, 1, 0) (y): about the top-left corner, i.e. the
+    centred shear plus a shift of v times half the other side."""
+    def op(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        matrix = torch.eye(2, device=x.device).repeat(len(x), 1, 1)
+        matrix[:, axis, 1 - axis] = value
+        shift = torch.zeros(len(x), 2, device=x.device)
+        shift[:, axis] = value * ((h if axis == 0 else w) / 2.0)
+        return _affine(x, matrix, shift)
+    return op
+
+
+def _fixmatch_translate(axis: int):
+    def op(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        side = x.shape[-1] if axis == 0 else x.shape[-2]
+        shift = torch.zeros(len(x), 2, device=x.device)
+        shift[:, axis] = value * side
+        return _affine(x, torch.eye(2, device=x.device).repeat(len(x), 1, 1), shift)
+    return op
+
+
+_FIXMATCH = {
+    "autocontrast": lambda x, v: _autocontrast(x, 0.0, v),
+    "brightness": lambda x, v: _enhance(x, torch.zeros_like(x), v),
+    "color": lambda x, v: _enhance(x, _gray(x).expand_as(x), v),
+    "contrast": lambda x, v: _enhance(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True).expand_as(x), v),
+    "equalize": lambda x, v: _equalize(x),
+    "identity": lambda x, v: x,
+    "posterize": _fixmatch_posterize,
+    "rotate": lambda x, v: _rotate(x, 1.0, v / 30.0),  # _rotate turns by sign·30°·level degrees
+    "sharpness": lambda x, v: _enhance(x, _sharpness_degenerate(x), v),
+    "shear_x": _fixmatch_shear(0), "shear_y": _fixmatch_shear(1),
+    "solarize": lambda x, v: torch.where(torch.round(x * 255.0) >= v.view(-1, 1, 1, 1), 1.0 - x, x),
+    "translate_x": _fixmatch_translate(0), "translate_y": _fixmatch_translate(1),
 }

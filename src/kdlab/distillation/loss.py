@@ -14,9 +14,9 @@ the teacher's logits see one combined teacher (`mix_teacher_logits`), every othe
 teacher, with its own connectors, and its terms are the teacher_mix-weighted sum of the per-teacher terms
 (kdlab.distillation.teachers). Methods never know how many teachers there are.
 
-A method with `views > 1` (SSKD) expands the batch (`expand_batch`: its rotations, view-major): the teacher and
-the student run on the expanded batch, that method reads all of it, CE and the other methods read the first view
-(the batch as loaded).
+A method with `views > 1` (SSKD, MLKD) expands the batch (`expand_batch`: SSKD's rotations, MLKD's strong view;
+view-major): the teacher and the student run on the expanded batch, that method reads all of it, CE and the other
+methods read the first view (the batch as loaded).
 
 Two-stage methods: `set_phase('init')` trains only the methods' `init_modules` on their `init_forward` terms;
 `set_phase('main')` freezes each method's `frozen_in_main` submodules (see `_freeze_after_init`).
@@ -63,6 +63,9 @@ class DistillationLoss(nn.Module):
             `taps['teacher']` apply to every teacher.
         label_smoothing: ε of the CE term only (kdlab.engine.objectives.classification_loss); the methods'
             targets (the teacher's outputs, DKD's target class, ...) are never smoothed.
+        normalization: the per-channel (mean, std) with which the images were normalised
+            ((pixels in [0, 1] - mean) / std), for methods that augment in pixel space (MLKD's strong view);
+            `kdlab distill` passes the dataset's.
 
     A batch mixed by kdlab.data.augment.BatchMixer (`mix=`): the teacher sees the same mixed images as the
     student; the CE term uses both labels and λ; methods get the images' own (primary) labels and indices,
@@ -75,7 +78,8 @@ class DistillationLoss(nn.Module):
                  input_shape: Sequence[int] | None = None, train_targets: torch.Tensor | None = None,
                  train_indices: torch.Tensor | None = None, epochs: int = 0, num_classes: int | None = None,
                  student_input: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 teacher_mix: Sequence[float] | None = None, label_smoothing: float = 0.0, **method_hparams: Any):
+                 teacher_mix: Sequence[float] | None = None, label_smoothing: float = 0.0,
+                 normalization: tuple[Sequence[float], Sequence[float]] | None = None, **method_hparams: Any):
         super().__init__()
         hparams = _hparams_by_method(method, hparams, method_hparams)
         self.methods: nn.ModuleList = nn.ModuleList(method_registry.parse(method, hparams))
@@ -99,7 +103,8 @@ class DistillationLoss(nn.Module):
         s_paths, t_paths = self._tap_paths(declared, taps, s_points, t_points)
         contexts = [BuildContext(student=student, teacher=t, student_points={**s_points, **s_paths},
                                  teacher_points={**points, **paths}, train_targets=train_targets,
-                                 train_indices=train_indices, epochs=epochs, num_classes=num_classes or 0)
+                                 train_indices=train_indices, epochs=epochs, num_classes=num_classes or 0,
+                                 normalization=_normalization(normalization))
                     for t, points, paths in zip(teachers or [None], t_points, t_paths, strict=True)]
         self._probe(contexts, s_paths, t_paths, input_shape, method)
         for ctx, instances in zip(contexts, self._instances_by_teacher(), strict=True):
@@ -420,6 +425,21 @@ def _hparams_by_method(method: str, hparams: Mapping[str, Mapping[str, Any]] | N
                              "hparams={'kd': {...}, 'at': {...}}")
         merged.setdefault(names[0].strip(), {}).update(method_hparams)
     return merged
+
+
+def _normalization(value: tuple[Sequence[float], Sequence[float]] | None
+                   ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """`normalization=(mean, std)` as two tuples of floats (one per channel, std > 0); a wrong value in one line."""
+    if value is None:
+        return None
+    try:
+        mean, std = (tuple(float(v) for v in part) for part in value)
+    except (TypeError, ValueError):
+        mean = std = ()
+    if not mean or len(mean) != len(std) or not all(s > 0 for s in std):
+        raise KdlabError(f"normalization must be (mean, std) with one value per channel and std > 0, got {value!r}; "
+                         f"e.g. normalization=((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))")
+    return mean, std
 
 
 def _unique(names: Iterable[str]) -> list[str]:

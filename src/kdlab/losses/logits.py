@@ -1,5 +1,6 @@
 """Logit-based distillation losses: KD, DKD, DIST, logit-standardized KD, Tf-KD, SRD, DML, multi-teacher, NKD,
-WSLD, SDD (scale-decoupled, on region logits) and CTKD (learned temperature, gradient reversal).
+WSLD, SDD (scale-decoupled, on region logits), CTKD (learned temperature, gradient reversal) and MLKD (instance,
+class and batch levels at several temperatures).
 
 Stateless functions in the style of ``torch.nn.functional``: tensors first, hyperparameters as keywords with
 the paper's / authors' defaults. Each returns a scalar tensor holding the *unweighted* loss as defined by its
@@ -57,6 +58,11 @@ __all__ = [
     "ctkd",
     "ctkd_strength",
     "reverse_gradient",
+    "class_correlation",
+    "batch_correlation",
+    "mlkd_masks",
+    "mlkd_terms",
+    "MLKD_TEMPERATURES",
 ]
 
 
@@ -849,3 +855,129 @@ def ctkd(student_logits: Tensor, teacher_logits: Tensor, temperature: Tensor) ->
     log_ps = F.log_softmax(_f32(student_logits) / temp, dim=1)
     log_pt = F.log_softmax(_f32(teacher_logits).detach() / temp, dim=1)
     return (_kl_logs(log_pt, log_ps) * temp.squeeze(1) ** 2).mean()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# MLKD (Jin et al. 2023), docs/methods.md#mlkd
+
+# The temperatures MLKD uses next to T0 (KD.TEMPERATURE), in the official code's order
+# (github.com/Jin-Ying/Multi-Level-Logit-Distillation mdistiller/distillers/KD_ours.py).
+MLKD_TEMPERATURES = (3.0, 5.0, 2.0, 6.0)
+
+
+def _gram(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b outside autocast, so that the Gram matrices keep the float32 (or float64) of their inputs."""
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        return a @ b
+
+
+def _check_weights(weights: Tensor | None, size: int, what: str, like: Tensor) -> Tensor | None:
+    if weights is None:
+        return None
+    if not isinstance(weights, Tensor) or tuple(weights.shape) != (size,):
+        shape = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
+        raise ValueError(f"weights must be one value per {what} ({size},), got {shape}")
+    return _f32(weights).detach().to(device=like.device, dtype=like.dtype)
+
+
+def _kd_rows(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """T^2 KL(σ_T(z_t) || σ_T(z_s)) per sample, (B,)."""
+    log_ps = F.log_softmax(_f32(student_logits) / temperature, dim=1)
+    log_pt = F.log_softmax(_f32(teacher_logits).detach() / temperature, dim=1)
+    return _kl_logs(log_pt, log_ps) * temperature**2
+
+
+def class_correlation(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0,
+                      weights: Tensor | None = None) -> Tensor:
+    """MLKD's class-level alignment: (1/K) Σ_{a,b} w_b (G^t - G^s)²_ab with the K×K class-correlation Gram matrix
+    G = Pᵀ P of the batch's probabilities P = softmax(z/T) (B×K); no T² factor.
+
+    Jin, Wang, Lin, "Multi-Level Logit Distillation" (CVPR 2023); docs/methods.md#mlkd. ``weights`` (K,), one per
+    class (column b), default 1: then this is the official ``cc_loss`` (github.com/Jin-Ying/Multi-Level-Logit-
+    Distillation ``mdistiller/distillers/KD_ours.py``), ‖G^t - G^s‖²_F / K. The teacher logits are detached.
+    """
+    _check_pair("student_logits", student_logits, "teacher_logits", teacher_logits)
+    _check_temperature(temperature)
+    k = student_logits.shape[1]
+    ps = F.softmax(_f32(student_logits) / temperature, dim=1)
+    pt = F.softmax(_f32(teacher_logits).detach() / temperature, dim=1)
+    per_class = ((_gram(pt.t(), pt) - _gram(ps.t(), ps)) ** 2).sum(dim=0)
+    w = _check_weights(weights, k, "class", per_class)
+    return (per_class if w is None else per_class * w).sum() / k
+
+
+def batch_correlation(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 4.0,
+                      weights: Tensor | None = None) -> Tensor:
+    """MLKD's batch-level alignment: (1/B) Σ_{i,j} w_j (H^t - H^s)²_ij with the B×B sample-similarity Gram matrix
+    H = P Pᵀ of the probabilities P = softmax(z/T) (B×K); no T² factor.
+
+    docs/methods.md#mlkd. ``weights`` (B,), one per sample (column j), default 1: then this is the official
+    ``bc_loss``, ‖H^t - H^s‖²_F / B. The teacher logits are detached.
+    """
+    _check_pair("student_logits", student_logits, "teacher_logits", teacher_logits)
+    _check_temperature(temperature)
+    b = student_logits.shape[0]
+    ps = F.softmax(_f32(student_logits) / temperature, dim=1)
+    pt = F.softmax(_f32(teacher_logits).detach() / temperature, dim=1)
+    per_sample = ((_gram(pt, pt.t()) - _gram(ps, ps.t())) ** 2).sum(dim=0)
+    w = _check_weights(weights, b, "sample", per_sample)
+    return (per_sample if w is None else per_sample * w).sum() / b
+
+
+def mlkd_masks(teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
+    """MLKD's confidence masks of a batch: (samples (B,), classes (K,)) booleans, True where the teacher is at most
+    as confident as the batch's median.
+
+    A sample's confidence is the teacher's top probability (softmax at T 1), a class's is its probability summed
+    over the batch; the median interpolates linearly between the middle values, as the official
+    ``np.percentile(·, 50)`` (docs/methods.md#mlkd). Computed on the device, without a host synchronisation.
+    """
+    _check_logits("teacher_logits", teacher_logits)
+    p = F.softmax(_f32(teacher_logits).detach(), dim=1)
+    confidence, class_confidence = p.amax(dim=1), p.sum(dim=0)
+    return (confidence <= torch.quantile(confidence, 0.5),
+            class_confidence <= torch.quantile(class_confidence, 0.5))
+
+
+def mlkd_terms(
+    student_weak: Tensor,
+    teacher_weak: Tensor,
+    student_strong: Tensor,
+    teacher_strong: Tensor,
+    temperature: float = 4.0,
+    per_sample_mask: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """MLKD's (instance, class, batch) terms before the KD weight, as the official code computes them.
+
+    Jin, Wang, Lin, "Multi-Level Logit Distillation" (CVPR 2023); github.com/Jin-Ying/Multi-Level-Logit-Distillation
+    ``mdistiller/distillers/KD_ours.py``; docs/methods.md#mlkd. With 𝒯 = {T0, 3, 5, 2, 6} (T0 = ``temperature``),
+    w/s the weak/strong views and m, m_c the :func:`mlkd_masks` of the teacher's weak logits:
+
+    * instance: Σ_{T∈𝒯} mean_i(m_i KD_T,i(w)) + Σ_{T∈{T0,3,5}} KD_T(s) + KD_2(w) + KD_6(w)  (KD = T² KL, as
+      :func:`kd`; the last two read the weak view, as the official code);
+    * class: Σ_{T∈𝒯} :func:`class_correlation` (w, weights m_c);
+    * batch: Σ_{T∈𝒯} :func:`batch_correlation` (w, weights m).
+
+    ``per_sample_mask=False`` (the official code, whose losses are reduced before the masks multiply them): every
+    m_i is the fraction of True entries of the mask, so each masked term is that fraction times the unmasked one.
+    ``True``: the masks select samples and classes. The teacher logits are detached.
+    """
+    _check_pair("student_weak", student_weak, "teacher_weak", teacher_weak)
+    _check_pair("student_strong", student_strong, "teacher_strong", teacher_strong)
+    if student_weak.shape != student_strong.shape:
+        raise ValueError(f"the weak {tuple(student_weak.shape)} and strong {tuple(student_strong.shape)} views must "
+                         f"have the same shape: one strong view of each image of the batch")
+    _check_temperature(temperature)
+    b, k = student_weak.shape
+    temperatures = (float(temperature), *MLKD_TEMPERATURES)
+    samples, classes = mlkd_masks(teacher_weak)
+    samples, classes = samples.to(_f32(student_weak).dtype), classes.to(_f32(student_weak).dtype)
+    if not per_sample_mask:
+        samples, classes = samples.mean().expand(b), classes.mean().expand(k)
+    instance = sum((samples * _kd_rows(student_weak, teacher_weak, t)).mean() for t in temperatures)
+    instance = instance + sum(_kd_rows(student_strong, teacher_strong, t).mean() for t in temperatures[:3])
+    instance = instance + _kd_rows(student_weak, teacher_weak, 2.0).mean() + _kd_rows(student_weak, teacher_weak,
+                                                                                       6.0).mean()
+    level_class = sum(class_correlation(student_weak, teacher_weak, t, classes) for t in temperatures)
+    level_batch = sum(batch_correlation(student_weak, teacher_weak, t, samples) for t in temperatures)
+    return instance, level_class, level_batch

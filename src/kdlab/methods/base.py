@@ -34,6 +34,9 @@ class BuildContext:
     train_targets: torch.Tensor | None = None  # labels of the (possibly fractioned) training set (CRD's memory)
     train_indices: torch.Tensor | None = None  # their positions in the full training set (= batch.indices values)
     epochs: int = 0
+    # The per-channel (mean, std) with which the inputs were normalised, images = (pixels in [0, 1] - mean) / std,
+    # for methods that transform images in pixel space (MLKD's strong view); None where the caller did not say.
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
 
 @dataclass

@@ -57,7 +57,8 @@ def run_distill(config: Config, resume: bool = False, quiet: bool = False) -> di
         train_targets=getattr(getattr(train_loader, "dataset", None), "targets", None),
         train_indices=getattr(getattr(train_loader, "dataset", None), "indices", None),
         epochs=config.optim.epochs, num_classes=info.num_classes, student_input=view,
-        teacher_mix=config.teacher_mix, label_smoothing=config.label_smoothing).to(device)
+        teacher_mix=config.teacher_mix, label_smoothing=config.label_smoothing,
+        normalization=(info.mean, info.std)).to(device)
     compile_objective(config, objective)
     record_run_length_defaults(config, objective, quiet or (dist is not None and not dist.is_main))
     # --cache-teacher: refuse non-deterministic inputs; load the disk cache or size the new one before training.
