@@ -155,6 +155,7 @@ def environment() -> dict[str, Any]:
         "bf16_flags": sorted(f for f in flags if "bf16" in f or f.startswith("amx")),
         "load_average_start": os.getloadavg(),
         "clock": CLOCK,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 
@@ -162,6 +163,7 @@ def describe_environment(env: dict[str, Any]) -> str:
     return (f"kdlab {env['kdlab']}, torch {env['torch']}, {env['cpu']} ({env['cpu_count']} CPUs), "
             f"threads {env['threads']}, mkldnn {'on' if env['mkldnn_enabled'] else 'off'}, "
             f"ISA {env['cpu_capability']}, bf16 flags: {', '.join(env['bf16_flags']) or 'none'}, "
+            + (f"GPU {env['gpu']}, " if env.get("gpu") else "") +
             f"load average at start {env['load_average_start'][0]:.2f}; rates on the {env['clock']} clock"
             + (" (images per CPU-second of this process)" if env["clock"] == "cpu" else ""))
 
@@ -187,11 +189,12 @@ def training_set(args: argparse.Namespace) -> InMemoryDataset:
 
 
 def train_loader(dataset: InMemoryDataset, batch_size: int, channels_last: bool,
-                 fixed_augmentation: bool = False) -> TensorLoader:
-    """The training loader `kdlab.data.build_loaders` makes: shuffled, augmented, on the CPU; with
-    fixed_augmentation, one crop/flip per sample for all epochs (what `--cache-teacher` needs)."""
+                 fixed_augmentation: bool = False, device: str | torch.device = "cpu") -> TensorLoader:
+    """The training loader `kdlab.data.build_loaders` makes: shuffled, augmented, on `device` (on CUDA the split
+    is device-resident, data.on_device=auto); with fixed_augmentation, one crop/flip per sample for all epochs
+    (what `--cache-teacher` needs)."""
     return TensorLoader(dataset, batch_size, shuffle=True, drop_last=True, augment=True, seed=0,
-                        device="cpu", channels_last=channels_last, fixed_augmentation=fixed_augmentation)
+                        device=device, channels_last=channels_last, fixed_augmentation=fixed_augmentation)
 
 
 class LimitedLoader:
@@ -257,19 +260,30 @@ _RUN_DIR = tempfile.mkdtemp(prefix="kdlab-bench-")  # Trainer wants one; train_e
 
 
 class TrainerStep:
-    """`Trainer.train_epoch` over a loader of `len(loader)` batches; `run(loader)` returns the seconds taken."""
+    """`Trainer.train_epoch` over a loader of `len(loader)` batches; `run(loader)` returns the seconds taken (on a
+    CUDA device, up to the end of the queued work: synchronised before and after)."""
 
-    def __init__(self, objective: nn.Module, precision: str, channels_last: bool):
-        self.trainer = Trainer(bench_config(precision, channels_last), objective, None, None, _RUN_DIR, {}, CPU,
-                               quiet=True)
+    def __init__(self, objective: nn.Module, precision: str, channels_last: bool, device: torch.device = CPU):
+        config = bench_config(precision, channels_last)
+        config.device = torch.device(device).type
+        self.trainer = Trainer(config, objective, None, None, _RUN_DIR, {}, torch.device(device), quiet=True)
+        self.device = torch.device(device)
         self.epoch = 0
 
     def run(self, loader) -> Seconds:
         self.trainer.train_loader = loader
         self.epoch += 1
+        synchronize(self.device)
         start, cpu = time.perf_counter(), time.process_time()
         self.trainer.train_epoch(self.epoch)
+        synchronize(self.device)
         return time.perf_counter() - start, time.process_time() - cpu
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on the CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class TeacherForward:
@@ -288,16 +302,16 @@ class TeacherForward:
 
 
 def warm_teacher_cache(objective, dataset: InMemoryDataset, batch_size: int, channels_last: bool,
-                       precision: str) -> float:
+                       precision: str, device: torch.device = CPU) -> float:
     """Attach a TeacherCache to a KD objective and fill it with one fixed-augmentation pass of the teacher over
     `dataset` (what the first epoch of a `--cache-teacher` run does); returns the seconds the fill took."""
     from kdlab.distillation.teacher_cache import TeacherCache
 
     objective.teacher_cache = TeacherCache(dataset.indices, num_teachers=1)
     full = TensorLoader(dataset, batch_size, shuffle=False, augment=True, seed=0, channels_last=channels_last,
-                        fixed_augmentation=True)
+                        fixed_augmentation=True, device=device)
     start = time.perf_counter()
-    with autocast(CPU, precision):
+    with autocast(torch.device(device), precision):
         for images, _targets, indices in full:
             objective.teacher_outputs(images, 0, indices)
     assert objective.teacher_cache.complete, "the fill pass must cover every sample"

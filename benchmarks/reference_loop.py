@@ -28,8 +28,13 @@ is the GFLOP/s it sustains; a large fp32 matrix product measured in the same run
 When 2x the reference needs more than that peak, no fp32 loop doing the same arithmetic can reach the target
 here: only less arithmetic (native bf16, a cached teacher) can.
 
+On a GPU (`--device cuda`) every loop trains there: the reference and torchdistill copy each batch from their
+DataLoader to the device (a blocking copy, as the reference code's `.cuda()`), kdlab's TensorLoader holds the
+split on the device (data.on_device); the matrix-product peaks are the GPU's, and bf16 counts as native.
+
     python benchmarks/reference_loop.py --quick                       # < 2 minutes, checks the script
     python benchmarks/reference_loop.py --threads 2 --data-root $KDLAB_DATA --json reference.json
+    python benchmarks/reference_loop.py --device cuda --ref-workers 8 --data-root $KDLAB_DATA   # on a GPU
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import torch
 import torch.nn.functional as F
 import torchdistill_step
 from common import (
+    CPU,
     MODES,
     Case,
     LimitedLoader,
@@ -65,6 +71,7 @@ from common import (
     setup_runtime,
     split_names,
     spread,
+    synchronize,
     train_loader,
     training_set,
     warm_teacher_cache,
@@ -106,10 +113,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--torchdistill", choices=["auto", "yes", "no"], default="auto",
                         help="run torchdistill's KD step side by side: auto = when it is installed "
                              "(pip install 'kdlab[bench]'), yes = required")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda: where every loop trains (default cpu)")
     add_common_args(parser)
     args = resolve(parser.parse_args(argv), FULL, QUICK)
+    args.device = torch.device(args.device)
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no GPU is available here; use --device cpu")
     if args.modes is None:
-        args.modes = "fp32,channels_last" + (",bf16+channels_last" if cpu_bf16_is_native() else "")
+        args.modes = ("fp32,channels_last,bf16,bf16+channels_last" if args.device.type == "cuda" else
+                      "fp32,channels_last" + (",bf16+channels_last" if cpu_bf16_is_native() else ""))
     args.mode_list = split_names(args.modes, list(MODES), "mode")
     args.pairs = parse_pairs(args.models, PAIRS)
     try:
@@ -169,16 +181,20 @@ class ReferenceBatches:
 class ReferenceStep:
     """The reference distillation step: fp32, teacher under no_grad, KD + CE, per-step .item() read-outs."""
 
-    def __init__(self, teacher: torch.nn.Module, student: torch.nn.Module, batches: ReferenceBatches):
-        self.teacher = teacher.eval()
-        self.student = student.train()
+    def __init__(self, teacher: torch.nn.Module, student: torch.nn.Module, batches: ReferenceBatches,
+                 device: torch.device = CPU):
+        self.device = device
+        self.teacher = teacher.to(device).eval()
+        self.student = student.to(device).train()
         self.batches = batches
         self.optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
         self.meters: dict[str, list[float]] = {"loss": [], "top1": [], "top5": []}
 
     def run(self, steps: int) -> Seconds:
+        synchronize(self.device)
         start, cpu = time.perf_counter(), time.process_time()
         for images, targets, _index in self.batches.take(steps):
+            images, targets = images.to(self.device), targets.to(self.device)
             with torch.no_grad():
                 logits_t = self.teacher(images)
             logits_s = self.student(images)
@@ -192,6 +208,7 @@ class ReferenceStep:
             self.meters["loss"].append(loss.item())
             self.meters["top1"].append(top5[:, 0].float().mean().item())
             self.meters["top5"].append(top5.any(dim=1).float().mean().item())
+        synchronize(self.device)
         return time.perf_counter() - start, time.process_time() - cpu
 
 
@@ -208,20 +225,21 @@ def pair_cases(teacher_name: str, student_name: str, args: argparse.Namespace, d
     for workers in args.worker_counts:
         loader = DataLoader(reference_data, batch_size=args.batch_size, shuffle=True, drop_last=True,
                             num_workers=workers, persistent_workers=workers > 0)
-        step = ReferenceStep(copy.deepcopy(teacher), copy.deepcopy(student), ReferenceBatches(loader))
+        step = ReferenceStep(copy.deepcopy(teacher), copy.deepcopy(student), ReferenceBatches(loader), args.device)
         name = f"reference fp32, {workers} workers"
         cases[name] = Case(name, step.run, lambda n: n, args.batch_size)
         if args.with_torchdistill:
             td = torchdistill_step.TorchdistillStep(copy.deepcopy(teacher), copy.deepcopy(student), reference_data,
-                                                    args.batch_size, workers, TEMPERATURE, CE_WEIGHT)
+                                                    args.batch_size, workers, TEMPERATURE, CE_WEIGHT,
+                                                    device=args.device)
             name = f"torchdistill fp32, {workers} workers"
             cases[name] = Case(name, td.run, lambda n: n, args.batch_size)
     for mode in args.mode_list:
         precision, channels_last = MODES[mode]
         objective = kd_objective(teacher, student, dataset, args, channels_last)
-        loader = train_loader(dataset, args.batch_size, channels_last)
+        loader = train_loader(dataset, args.batch_size, channels_last, device=args.device)
         name = f"kdlab {mode}"
-        cases[name] = Case(name, TrainerStep(objective, precision, channels_last).run,
+        cases[name] = Case(name, TrainerStep(objective, precision, channels_last, args.device).run,
                            lambda n, ld=loader: LimitedLoader(ld, n), args.batch_size)
     if args.cached:
         mode = args.mode_list[-1]
@@ -229,22 +247,24 @@ def pair_cases(teacher_name: str, student_name: str, args: argparse.Namespace, d
         subset = dataset.subset(torch.arange(min(args.cache_size, len(dataset))))
         objective = kd_objective(teacher, student, subset, args, channels_last)
         log(f"  filling the teacher cache: {len(subset)} images through {teacher_name}")
-        seconds = warm_teacher_cache(objective, subset, args.batch_size, channels_last, precision)
+        seconds = warm_teacher_cache(objective, subset, args.batch_size, channels_last, precision, args.device)
         log(f"  {objective.teacher_cache.describe()} in {seconds:.1f} s")
-        loader = train_loader(subset, args.batch_size, channels_last, fixed_augmentation=True)
+        loader = train_loader(subset, args.batch_size, channels_last, fixed_augmentation=True, device=args.device)
         name = f"kdlab {mode}, cached teacher"
-        cases[name] = Case(name, TrainerStep(objective, precision, channels_last).run,
+        cases[name] = Case(name, TrainerStep(objective, precision, channels_last, args.device).run,
                            lambda n, ld=loader: LimitedLoader(ld, n), args.batch_size)
     return cases
 
 
 def kd_objective(teacher, student, dataset, args: argparse.Namespace, channels_last: bool) -> DistillationLoss:
     """kdlab's KD objective in its main phase, as kdlab.runner.common builds it, on copies of the models."""
+    device = getattr(args, "device", torch.device("cpu"))
     objective = DistillationLoss(
-        prepare(copy.deepcopy(teacher), channels_last), prepare(copy.deepcopy(student), channels_last),
+        prepare(copy.deepcopy(teacher).to(device), channels_last), prepare(copy.deepcopy(student).to(device),
+                                                                            channels_last),
         method="kd", input_shape=(dataset.in_channels, args.image_size, args.image_size),
         train_targets=dataset.targets, epochs=240, num_classes=dataset.num_classes,
-        hparams={"kd": {"weight": KD_WEIGHT, "temperature": TEMPERATURE}}, ce_weight=CE_WEIGHT)
+        hparams={"kd": {"weight": KD_WEIGHT, "temperature": TEMPERATURE}}, ce_weight=CE_WEIGHT).to(device)
     objective.set_phase("main")
     return objective
 
@@ -263,22 +283,32 @@ def step_flops_per_image(teacher_name: str, student_name: str, args: argparse.Na
 
 
 def fp32_matmul_peak(repeats: int, size: int = 2048, products: int = 4,
-                     dtype: torch.dtype = torch.float32) -> list[float]:
+                     dtype: torch.dtype = torch.float32, device: torch.device = CPU) -> list[float]:
     """GFLOP/s of a large matrix product (fp32, or bf16 where it is native), one value per repeat: the CPU's
     practical peak in that precision (on the benchmark's clock, so it compares with the loops' rates under
-    --clock cpu too)."""
+    --clock cpu too). On a GPU: 8192x8192 products, 16 per repeat, synchronised, on the wall clock (fp32 matrix
+    products there run without TF32, torch's default, while convolutions use TF32 by default)."""
     import common
 
-    clock = time.process_time if common.CLOCK == "cpu" else time.perf_counter
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    if device.type == "cuda":
+        size, products = 8192, 16
+    clock = time.process_time if common.CLOCK == "cpu" and device.type != "cuda" else time.perf_counter
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
     a @ b  # warm-up: thread pool and caches
     rates = []
     for _ in range(repeats):
+        synchronize(device)
         start = clock()
         for _ in range(products):
             a @ b
+        synchronize(device)
         rates.append(products * 2 * size ** 3 / (clock() - start) / 1e9)
     return rates
+
+
+def bf16_native(args: argparse.Namespace) -> bool:
+    """bf16 runs natively on GPUs, and on CPUs with AVX512-BF16/AMX."""
+    return getattr(args, "device", torch.device("cpu")).type == "cuda" or cpu_bf16_is_native()
 
 
 def ceiling_rows(results: list[dict], peak: float) -> list[list]:
@@ -338,7 +368,7 @@ def vs_fastest(cases: dict[str, Case], prefix: str) -> dict[str, float]:
     return {name: paired_ratio(c.rates, fastest) for name, c in cases.items() if name.startswith("kdlab")}
 
 
-def torchdistill_checks(r: dict) -> list[list]:
+def torchdistill_checks(r: dict, native_bf16: bool) -> list[list]:
     """kdlab in fp32 (its faster fp32 layout: plain or channels_last) >= 1.2x torchdistill; where bf16 is native,
     kdlab's fastest mode >= 2x."""
     ratios = {k: v for k, v in r["vs_torchdistill"].items() if not k.endswith("cached teacher")}
@@ -351,7 +381,7 @@ def torchdistill_checks(r: dict) -> list[list]:
         best = max(fp32, key=fp32.get)
         checks.append([f"{best} (fastest fp32) KD / fastest torchdistill, {pair}", f">= {TD_TARGET_FP32:.1f}x",
                        f"{fp32[best]:.2f}x", "met" if fp32[best] >= TD_TARGET_FP32 else "NOT met"])
-    if cpu_bf16_is_native():
+    if native_bf16:
         best = max(ratios, key=ratios.get)
         checks.append([f"{best} KD / fastest torchdistill, {pair}", f">= {TD_TARGET_BF16:.1f}x",
                        f"{ratios[best]:.2f}x", "met" if ratios[best] >= TD_TARGET_BF16 else "NOT met"])
@@ -364,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     dataset = training_set(args)
     print(f"# kdlab KD loop vs the reference loop, batch {args.batch_size}, {args.image_size}x{args.image_size}, "
-          f"{dataset.name} ({len(dataset)} images)\n")
+          f"{dataset.name} ({len(dataset)} images), on {args.device}\n")
     print(describe_environment(env))
     print(f"median of {args.repeats} repeats x {args.iters} steps ({args.warmup} warm-up steps excluded); "
           f"cases interleaved per repeat; speed-ups = median of per-repeat ratios to the fastest reference\n")
@@ -395,11 +425,12 @@ def main(argv: list[str] | None = None) -> int:
             ratio = speedups[best]
             checks.append([f"{best} KD / fastest reference, {r['teacher']}->{r['student']}",
                            f">= {TARGET:.1f}x", f"{ratio:.2f}x", "met" if ratio >= TARGET else "NOT met"])
-        checks += torchdistill_checks(r)
+        checks += torchdistill_checks(r, bf16_native(args))
     print(markdown_table(["check", "target", "measured", "status"], checks))
-    peak_rates = fp32_matmul_peak(args.repeats)
+    peak_rates = fp32_matmul_peak(args.repeats, device=args.device)
     peak = statistics.median(peak_rates)
-    bf16_rates = fp32_matmul_peak(args.repeats, dtype=torch.bfloat16) if cpu_bf16_is_native() else []
+    bf16_rates = (fp32_matmul_peak(args.repeats, dtype=torch.bfloat16, device=args.device) if bf16_native(args)
+                  else [])
     peaks = {"fp32": peak, **({"bf16": statistics.median(bf16_rates)} if bf16_rates else {})}
     print(f"\n## Arithmetic ceiling (fp32 matrix product {peak:.0f} GFLOP/s, median of {len(peak_rates)})\n")
     print(markdown_table(["teacher -> student", "GFLOP per image", "reference GFLOP/s", f"{TARGET:.0f}x needs GFLOP/s",
@@ -411,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     print(f"\n(benchmark took {elapsed:.0f} s)")
     write_json(args.json, {"benchmark": "reference_loop",
-                           "args": {k: v for k, v in vars(args).items() if k != "pairs"},
+                           "args": {k: str(v) if k == "device" else v for k, v in vars(args).items()
+                                    if k != "pairs"},
                            "environment": env, "results": results,
                            "fp32_matmul_gflops": peak_rates, "bf16_matmul_gflops": bf16_rates,
                            "seconds": elapsed})

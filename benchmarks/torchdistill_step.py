@@ -6,8 +6,10 @@ The step is the one torchdistill's CIFAR examples run (github.com/yoshitomo-mats
 PIL dataset (RandomCrop + RandomHorizontalFlip + ToTensor + Normalize, wrapped to yield supplementary dicts),
 `forward_process` (teacher under no_grad, its `KDLoss` = alpha * CE + (1 - alpha) * T^2 * KL inside a
 `WeightedSumLoss`), `post_forward_process` (backward, SGD step, zero_grad) and the example's per-step
-`loss.item()` for its metric logger. Only the device (CPU), the batch and the numbers of the KD recipe are
-set here, to match the other loops of the benchmark: T 4, CE 0.1 / KD 0.9 (alpha 0.1), SGD lr 0.05 momentum
+`loss.item()` for its metric logger. Only the device (`device`: the CPU by default, or the GPU of
+`reference_loop.py --device cuda`, where each batch is copied to it before `forward_process`, as the example's
+training loop does), the batch and the numbers of the KD recipe are set here, to match the other loops of the
+benchmark: T 4, CE 0.1 / KD 0.9 (alpha 0.1), SGD lr 0.05 momentum
 0.9 weight decay 5e-4.
 """
 
@@ -61,12 +63,13 @@ class TorchdistillStep:
     """`run(steps)` trains `steps` batches with torchdistill's box; returns (wall seconds, CPU seconds)."""
 
     def __init__(self, teacher: torch.nn.Module, student: torch.nn.Module, dataset: Dataset, batch_size: int,
-                 workers: int, temperature: float, ce_weight: float):
+                 workers: int, temperature: float, ce_weight: float, device: torch.device | str = "cpu"):
         from torchdistill.core.distillation import get_distillation_box  # noqa: PLC0415 - optional dependency
 
         config = train_config(batch_size, workers, temperature, ce_weight)
+        self.device = torch.device(device)
         self.box = get_distillation_box(teacher, student, {"train": PairsDataset(dataset)}, config,
-                                        torch.device("cpu"), None, False, 1)
+                                        self.device, None, False, 1)
         self.box.pre_epoch_process(epoch=0)  # teacher eval, student train (torchdistill's default)
         self.iterator = None
         self.losses: list[float] = []
@@ -82,9 +85,15 @@ class TorchdistillStep:
             yield batch
 
     def run(self, steps: int) -> tuple[float, float]:
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
         start, cpu = time.perf_counter(), time.process_time()
         for images, targets, supp in self.batches(steps):
+            images, targets = images.to(self.device), targets.to(self.device)
             loss = self.box.forward_process(images, targets, supp)
             self.box.post_forward_process(loss=loss)
             self.losses.append(loss.item())
+        if cuda:
+            torch.cuda.synchronize(self.device)
         return time.perf_counter() - start, time.process_time() - cpu

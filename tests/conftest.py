@@ -65,14 +65,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
                                     + ", ".join(_skipped_real_data), red=True)
 
 
-# CLI flags of a fast, deterministic run on the embedded digits data (a few seconds per epoch).
-DIGITS_FAST = ["--data", "digits", "--batch-size", "128", "--quiet", "data.fraction=0.3", "threads=1",
-               "deterministic=true"]
-
-
 @pytest.fixture(scope="session")
 def digits_resnet8(tmp_path_factory) -> Path:
     """best.pt of a resnet8 trained for 2 epochs on digits (DIGITS_FAST): a teacher, or a student to fine-tune."""
+    from cli_flags import DIGITS_FAST
     from kdlab.cli import main
 
     out = tmp_path_factory.mktemp("digits-resnet8") / "run"

@@ -49,6 +49,12 @@ class DataConfig:
     # RandAugment-style strong augmentation of the training batches (kdlab.data.augment.rand_augment): "N,M" =
     # N ops per image at magnitude M (0..30), e.g. "2,9"; None = off
     randaugment: str | None = None
+    # in-memory datasets: hold the splits on the device and augment batches there (no copy per step); auto = on
+    # for CUDA, or true/false (kdlab.data.memory.TensorLoader)
+    on_device: str = "auto"
+    # image folders: cpu = PIL decoding in the workers; gpu = the workers read bytes, batches are decoded and
+    # augmented on the run's device (torchvision.io; kdlab.data.decode); auto = gpu on CUDA
+    decode: str = "cpu"
 
 
 @dataclass
@@ -125,6 +131,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("step", "cosine", "constant")
 OPTIMIZERS = ("sgd", "adamw", "dot")
 UNREADABLE = ("error", "check", "skip")
+ON_DEVICE = ("auto", "true", "false")
+DECODE = ("cpu", "gpu", "auto")
 
 
 class _Loader(yaml.SafeLoader):
@@ -216,6 +224,8 @@ def build(layers: list[dict[str, Any]]) -> Config:
     merged = merge(_recipe_for_length(data_recipe(data_name, model_name, root), merged), merged)
     if isinstance(data, dict) and isinstance(data.get("randaugment"), (list, tuple)):  # [2, 9] as "2,9"
         merged["data"]["randaugment"] = ",".join(str(v) for v in data["randaugment"])
+    if isinstance(data, dict) and isinstance(data.get("on_device"), bool):  # YAML true/false as "true"/"false"
+        merged["data"]["on_device"] = str(data["on_device"]).lower()
     config = from_dict(Config, merged, "")
     validate(config)
     return config
@@ -357,6 +367,11 @@ def validate(config: Config) -> None:
         (config.data.unreadable in UNREADABLE,
          f"data.unreadable '{config.data.unreadable}' is not one of {', '.join(UNREADABLE)}"
          f"{closest(config.data.unreadable, UNREADABLE)}; e.g. data.unreadable=skip"),
+        (str(d.on_device).lower() in ON_DEVICE,
+         f"data.on_device '{d.on_device}' is not one of {', '.join(ON_DEVICE)}; e.g. data.on_device=auto"),
+        (d.decode in DECODE,
+         f"data.decode '{d.decode}' is not one of {', '.join(DECODE)}{closest(d.decode, DECODE)}; e.g. "
+         "data.decode=auto"),
         *recipe_checks(config),
         (not config.cache_teacher or not (mixes or d.randaugment),
          "--cache-teacher needs the same teacher input every epoch; data.mixup, data.cutmix and data.randaugment "

@@ -7,7 +7,7 @@ import torch
 import yaml
 from torch import nn
 
-from conftest import DIGITS_FAST
+from cli_flags import DIGITS_FAST
 from kdlab import config as cfg
 from kdlab.cli import main
 from kdlab.distillation.loss import DistillationLoss

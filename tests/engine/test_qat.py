@@ -10,7 +10,7 @@ import yaml
 from torch import nn
 
 import kdlab
-from conftest import DIGITS_FAST
+from cli_flags import DIGITS_FAST
 from kdlab import models
 from kdlab.cli import main
 from kdlab.data import build_loaders

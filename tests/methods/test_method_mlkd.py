@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from conftest import DIGITS_FAST
+from cli_flags import DIGITS_FAST
 from kdlab import losses, methods, models
 from kdlab.cli import main
 from kdlab.distillation.loss import DistillationLoss

@@ -208,12 +208,17 @@ def build_loaders(
     coarse: bool = False,
     image_size: int | None = None,
     unreadable: str = "error",
+    on_device: bool | str = "auto",
+    decode: str = "cpu",
 ) -> tuple[TensorLoader | FolderLoader, TensorLoader | FolderLoader, DataInfo]:
     """Train loader (shuffled, augmented, sharded with padding) and test loader (ordered, sharded without
     duplicates: ranks may differ by one sample, so reduce metric sums across ranks), plus :class:`DataInfo`.
 
     ``fraction`` applies to the train split only. The train loader drops its last batch only when it
-    would hold a single sample, which BatchNorm cannot train on.
+    would hold a single sample, which BatchNorm cannot train on. ``on_device`` (in-memory datasets: the splits
+    live on ``device``, see TensorLoader) and ``decode`` (image folders: ``cpu`` = PIL in the workers, ``gpu`` =
+    batched torchvision decoding on ``device``, ``auto`` = gpu on CUDA; see kdlab.data.decode) are ignored by the
+    other kind of dataset.
     """
     entry = _entry(name)
     if entry.load_split is None:
@@ -228,7 +233,7 @@ def build_loaders(
             raise KdlabError(f"{train_set.root} and {test_set.root} have different class folders "
                              f"({train_set.num_classes} vs {test_set.num_classes}); give both the same classes")
         common = dict(seed=seed, num_replicas=num_replicas, rank=rank, device=device,
-                      channels_last=channels_last, workers=workers)
+                      channels_last=channels_last, workers=workers, decode=decode)
         single = _last_batch_single(len(train_set), batch_size, num_replicas, rank)
         train_loader = FolderLoader(train_set, batch_size, shuffle=True, drop_last=single, **common)
         test_loader = FolderLoader(test_set, test_batch_size, shuffle=False, pad_shards=False, **common)
@@ -236,7 +241,7 @@ def build_loaders(
         train_set = load(name, root, True, fraction, seed, coarse, image_size)
         test_set = load(name, root, False, None, seed, coarse, image_size)
         common = dict(seed=seed, num_replicas=num_replicas, rank=rank, device=device,
-                      channels_last=channels_last)
+                      channels_last=channels_last, on_device=on_device)
         single = _last_batch_single(len(train_set), batch_size, num_replicas, rank)
         train_loader = TensorLoader(train_set, batch_size, shuffle=True, drop_last=single, augment=augment,
                                     **common)

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from kdlab.data.decode import decode_batch, eval_batch, resolve_decode, train_batch
 from kdlab.data.fractions import stratified_subset
 from kdlab.data.memory import ShardedLoader, epoch_generator
 from kdlab.errors import KdlabError
@@ -152,6 +153,7 @@ class IndexedImageFolder(Dataset):
         self.train = train
         self.root = split_folder(name, Path(root), train)
         augment = train if augment is None else augment
+        self.augment = augment  # the random training transform (else resize + centre crop); also data.decode=gpu
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         transform = (train_transform if augment else test_transform)(image_size, self.mean, self.std)
         try:
@@ -207,12 +209,43 @@ class IndexedImageFolder(Dataset):
         return image, int(target), index
 
 
+class EncodedImages(Dataset):
+    """The files of an :class:`IndexedImageFolder` as ``(bytes as uint8 1-D tensor, path, target, index)``: what
+    DataLoader workers read under data.decode=gpu (decoding happens in the main process, kdlab.data.decode)."""
+
+    def __init__(self, folder: IndexedImageFolder) -> None:
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, str, int, int]:
+        index = int(self.folder.indices[i])
+        path, target = self.folder.folder.samples[index]
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise UnreadableImageError(f"image {path} cannot be read ({_reason(exc)}); {_UNREADABLE_FIX}") from None
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8), path, int(target), index
+
+
+def collate_encoded(batch: list) -> tuple[list[torch.Tensor], list[str], torch.Tensor, torch.Tensor]:
+    """A batch of EncodedImages items: the files' bytes and paths as lists (their lengths differ), targets and
+    indices as int64 tensors."""
+    data, paths, targets, indices = zip(*batch)
+    return list(data), list(paths), torch.tensor(targets, dtype=torch.int64), torch.tensor(indices, dtype=torch.int64)
+
+
 class FolderLoader(ShardedLoader):
     """Per-sample DataLoader over an :class:`IndexedImageFolder` with the TensorLoader's interface.
 
     Order comes from (seed, epoch) like TensorLoader; the worker seeds come from a generator seeded by
     (seed, epoch, rank), so random crops repeat on resume when ``workers > 0`` (with 0 workers they use
     the global torch RNG). Workers are not persistent because they must be re-seeded each epoch.
+
+    ``decode="gpu"`` (data.decode; "auto" = gpu on CUDA): the workers only read the files' bytes, and each batch
+    is decoded and augmented in the main process on ``device`` (kdlab.data.decode), its random draws from
+    (seed, epoch, rank) whatever the number of workers.
     """
 
     def __init__(
@@ -228,14 +261,19 @@ class FolderLoader(ShardedLoader):
         channels_last: bool = False,
         workers: int = 2,
         pad_shards: bool = True,
+        decode: str = "cpu",
     ) -> None:
         if workers < 0:
             raise KdlabError(f"workers must be >= 0, got {workers}")
         super().__init__(dataset, batch_size, shuffle, drop_last, seed, num_replicas, rank, device, channels_last,
                          pad_shards)
         self.workers = workers
+        self.decode = resolve_decode(decode, self.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        if self.decode == "gpu":
+            yield from self._iter_decoded()
+            return
         pin = self.device.type == "cuda"
         loader = DataLoader(
             self.dataset, batch_size=self.batch_size, sampler=self.positions().tolist(),
@@ -247,3 +285,20 @@ class FolderLoader(ShardedLoader):
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             yield images, targets.to(self.device, non_blocking=pin), indices.to(self.device, non_blocking=pin)
+
+    def _iter_decoded(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """data.decode=gpu: file bytes from the workers, decoded and augmented as batches on the device."""
+        loader = DataLoader(
+            EncodedImages(self.dataset), batch_size=self.batch_size, sampler=self.positions().tolist(),
+            num_workers=self.workers, drop_last=self.drop_last, collate_fn=collate_encoded,
+        )
+        generator = epoch_generator(self.seed, self.epoch, 6, self.rank)  # the crops' and flips' draws
+        augment = getattr(self.dataset, "augment", self.dataset.train)
+        mean, std, size = self.dataset.mean, self.dataset.std, self.dataset.image_size
+        for data, paths, targets, indices in loader:
+            decoded = decode_batch(data, paths, self.device)
+            images = (train_batch(decoded, size, generator, mean, std) if augment
+                      else eval_batch(decoded, size, mean, std))
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield images, targets.to(self.device, non_blocking=True), indices.to(self.device, non_blocking=True)

@@ -17,7 +17,7 @@ from kdlab.data.augment import normalize, rand_augment, random_crop, random_flip
 from kdlab.data.fractions import stratified_subset
 from kdlab.errors import KdlabError
 
-__all__ = ["InMemoryDataset", "TensorLoader", "epoch_generator", "shard_positions", "shard_size"]
+__all__ = ["InMemoryDataset", "TensorLoader", "epoch_generator", "resolve_on_device", "shard_positions", "shard_size"]
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -176,6 +176,19 @@ class ShardedLoader:
                                self.num_replicas, self.rank, self.pad_shards)
 
 
+ON_DEVICE_VALUES = ("auto", "true", "false")
+
+
+def resolve_on_device(value: bool | str, device: str | torch.device) -> bool:
+    """`data.on_device`: True/False as given ("true"/"false" too), "auto" = on for a CUDA device only."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ON_DEVICE_VALUES:
+        raise KdlabError(f"data.on_device '{value}' is not one of auto, true, false; e.g. data.on_device=auto")
+    return torch.device(device).type == "cuda" if text == "auto" else text == "true"
+
+
 class TensorLoader(ShardedLoader):
     """Iterates ``(images float32 normalised N,C,H,W, targets int64, indices int64)`` batches on ``device``.
 
@@ -184,6 +197,13 @@ class TensorLoader(ShardedLoader):
     ``num_replicas > 1`` each rank takes a disjoint shard of the same permutation; ``pad_shards=True``
     pads by repetition (training), ``False`` keeps every sample exactly once (evaluation: ranks may then
     differ by one batch, so reduce metric sums, not per-batch values, across ranks).
+
+    ``on_device`` (``data.on_device``; "auto" = on for CUDA): the whole uint8 split, its targets and indices are
+    copied to ``device`` once, and every batch is gathered, cropped, flipped and normalised there, with no
+    host-to-device copy per step. The random draws stay those of the host path (the same CPU generators, drawn in
+    the same order, for the whole epoch before its first batch, and moved to the device in one copy), so both
+    paths yield the same batches for the same (seed, epoch). It costs the split's size in device memory
+    (CIFAR-100: 50,000 x 3 x 32 x 32 uint8 = 154 MB for training, 31 MB for the test split).
     """
 
     def __init__(
@@ -201,9 +221,12 @@ class TensorLoader(ShardedLoader):
         pad_shards: bool = True,
         fixed_augmentation: bool = False,
         randaugment: tuple[int, int] | None = None,
+        on_device: bool | str = "auto",
     ) -> None:
         super().__init__(dataset, batch_size, shuffle, drop_last, seed, num_replicas, rank, device, channels_last,
                          pad_shards)
+        self.on_device = resolve_on_device(on_device, self.device)
+        self._resident: tuple[InMemoryDataset, tuple[torch.Tensor, ...]] | None = None  # (dataset, its device copy)
         self.augment = augment
         # (N ops, magnitude M) of RandAugment after crop/flip (kdlab.data.augment.rand_augment), or None; its
         # draws are a stream of their own, so crop/flip draws are the same with it on or off.
@@ -216,6 +239,9 @@ class TensorLoader(ShardedLoader):
         self._std = torch.tensor(dataset.std, dtype=torch.float32, device=self.device)
 
     def __iter__(self) -> Iterator[Batch]:
+        if self.on_device:
+            yield from self._iter_resident()
+            return
         positions = self.positions()
         aug_generator = epoch_generator(self.seed, self.epoch, 1, self.rank)
         strong = self.randaugment if self.augment else None
@@ -251,6 +277,69 @@ class TensorLoader(ShardedLoader):
             if self.channels_last:
                 out = out.contiguous(memory_format=torch.channels_last)
             yield out, targets.to(self.device, non_blocking=pin), indices.to(self.device, non_blocking=pin)
+
+    def resident(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The dataset's images, targets and indices on the device, copied once (again only when `dataset` is
+        replaced, e.g. by --eval-subset); a CUDA device without room for them is refused in one line."""
+        if self._resident is None or self._resident[0] is not self.dataset:
+            self._resident = None  # let a replaced split's copy go before the new one is made
+            data = self.dataset
+            if self.device.type == "cuda":
+                need = data.images.numel() + 16 * len(data)
+                free, _ = torch.cuda.mem_get_info(self.device)
+                if need > 0.9 * free:
+                    raise KdlabError(f"data.on_device: {data.name} needs {need / 2**30:.2f} GiB on {self.device} and "
+                                     f"{free / 2**30:.2f} GiB are free; set data.on_device=false")
+            copies = tuple(t.to(self.device, non_blocking=True) for t in (data.images, data.targets, data.indices))
+            self._resident = (data, copies)
+        return self._resident[1]
+
+    def _iter_resident(self) -> Iterator[Batch]:
+        """`__iter__` on the device-resident split: the host path's batches, without a copy per step."""
+        images_all, targets_all, indices_all = self.resident()
+        steps, size = len(self), self.batch_size
+        positions = self.positions()[:steps * size].to(self.device, non_blocking=True)
+        strong = self.randaugment if self.augment else None
+        strong_generator = epoch_generator(self.seed, self.epoch, 5, self.rank) if strong else None
+        padding = self.dataset.crop_padding
+        do_crop = self.augment and padding > 0
+        do_flip = self.augment and self.dataset.flip
+        offsets = flips = None
+        if self.fixed_augmentation and (do_crop or do_flip):
+            offsets, flips = (t.to(self.device, non_blocking=True) for t in self.fixed_draws())
+            offsets, flips = offsets.index_select(0, positions), flips.index_select(0, positions)
+        elif do_crop or do_flip:
+            offsets, flips = self._epoch_draws(len(positions), do_crop, do_flip)
+        for b in range(steps):
+            start, end = b * size, min((b + 1) * size, len(positions))
+            pos = positions[start:end]
+            images = images_all.index_select(0, pos)
+            if do_crop:
+                images = crop_at(images, padding, offsets[start:end])
+            if do_flip:
+                images = torch.where(flips[start:end].view(-1, 1, 1, 1), images.flip(-1), images)
+            if strong:
+                images = rand_augment(images, strong[0], strong[1], strong_generator)
+            out = normalize(images, self._mean, self._std)
+            if self.channels_last:
+                out = out.contiguous(memory_format=torch.channels_last)
+            yield out, targets_all.index_select(0, pos), indices_all.index_select(0, pos)
+
+    def _epoch_draws(self, count: int, do_crop: bool, do_flip: bool) -> tuple[torch.Tensor | None, ...]:
+        """The epoch's crop offsets (count, 2) and flips (count,) on the device. They are drawn batch by batch from
+        the generator of the host path, in its order (per batch: random_crop's randint, then random_flip's rand;
+        kdlab.data.augment), so the values are the host path's; tests/data/test_on_device.py compares the two."""
+        generator = epoch_generator(self.seed, self.epoch, 1, self.rank)
+        span = 2 * self.dataset.crop_padding + 1
+        crops, flips = [], []
+        for start in range(0, count, self.batch_size):
+            n = min(self.batch_size, count - start)
+            if do_crop:
+                crops.append(torch.randint(0, span, (n, 2), generator=generator))
+            if do_flip:
+                flips.append(torch.rand(n, generator=generator) < 0.5)
+        return (torch.cat(crops).to(self.device, non_blocking=True) if crops else None,
+                torch.cat(flips).to(self.device, non_blocking=True) if flips else None)
 
     def fixed_draws(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-position crop offsets (N, 2) and flips (N,) of fixed augmentation, drawn once per seed.

@@ -47,6 +47,7 @@ from kdlab.errors import KdlabError
 RESUMABLE_KEYS = frozenset({
     "out", "threads", "device", "log_every", "loggers", "compile", "channels_last", "deterministic", "cache_dir",
     "cache_max_gb", "data.root", "data.workers", "data.test_batch_size", "optim.extend_to",
+    "data.on_device",  # the same batches on the host or device-resident (kdlab.data.memory.TensorLoader)
 })
 
 
@@ -78,15 +79,38 @@ def make_optimizer(params: list[nn.Parameter], config: Config, lr: float, kind: 
                    ) -> torch.optim.Optimizer:
     """`optim.optimizer` (or `kind`): SGD with momentum (and `optim.nesterov`), AdamW (Loshchilov & Hutter, ICLR
     2019, arXiv:1711.05101) with `optim.betas` and weight decay decoupled from the gradient (p -= lr·wd·p), or DOT
-    (kdlab.engine.dot: separate momenta for the task and the distillation gradients)."""
+    (kdlab.engine.dot: separate momenta for the task and the distillation gradients).
+
+    SGD and AdamW take their fused kernels (`fused=True`: one kernel per step for all parameters) when every
+    parameter is a floating-point CUDA tensor (`fused_on_cuda`), never on the CPU."""
     optim = config.optim
     kind = kind or optim.optimizer
     if kind == "dot":
         return DOT(params, lr=lr, momentum=optim.momentum, delta=optim.dot_delta, weight_decay=optim.weight_decay)
+    fused = {"fused": True} if fused_on_cuda(params) else {}
     if kind == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
-                           nesterov=optim.nesterov)
+        optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay,
+                                      **fused)
+    else:
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
+                                    nesterov=optim.nesterov, **fused)
+    optimizer.register_load_state_dict_pre_hook(_keep_own_fused)
+    return optimizer
+
+
+def fused_on_cuda(params: list) -> bool:
+    """Whether the fused SGD/AdamW kernels apply: there are parameters and all are floating-point CUDA tensors."""
+    return bool(params) and all(p.device.type == "cuda" and p.is_floating_point() for p in params)
+
+
+def _keep_own_fused(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]:
+    """Loading a checkpoint keeps this optimizer's `fused` choice: torch takes the saved param groups' flags, so a
+    run saved on a GPU (fused) and resumed on the CPU would otherwise ask for fused kernels there. Set before the
+    state is cast, so that AdamW's step counters go where this optimizer's kernels want them."""
+    own = bool(optimizer.defaults.get("fused"))
+    state = dict(state)
+    state["param_groups"] = [{**group, "fused": own} for group in state["param_groups"]]
+    return state
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -61,7 +61,15 @@ def build_data(config: Config, device: torch.device, distributed: Context | None
         seed=config.seed, augment=d.augment, workers=d.workers,
         num_replicas=distributed.world_size if distributed else 1, rank=distributed.rank if distributed else 0,
         device=str(device), channels_last=config.channels_last, coarse=d.coarse, image_size=d.image_size,
-        unreadable=d.unreadable)
+        unreadable=d.unreadable, on_device=d.on_device, decode=d.decode)
+    in_memory = hasattr(train_loader, "on_device")
+    if str(d.on_device).lower() == "true" and not in_memory:
+        raise KdlabError(f"data.on_device=true holds in-memory datasets (CIFAR, MNIST, digits) on the device; {d.name} "
+                         f"is read from image files: use data.decode=gpu to decode them on the device, and drop "
+                         f"data.on_device")
+    if d.decode == "gpu" and in_memory:
+        raise KdlabError(f"data.decode=gpu decodes image files (imagefolder, imagenet); {d.name} is held in memory "
+                         f"already decoded: drop data.decode (data.on_device keeps it on the device)")
     if d.fixed_augmentation and d.augment:  # one crop/flip per sample for all epochs (deterministic teacher inputs)
         if not hasattr(train_loader, "fixed_augmentation"):
             raise KdlabError(f"data.fixed_augmentation works with in-memory datasets (CIFAR, MNIST, digits), not "
