@@ -12,6 +12,8 @@ Recipes: the CRD/RepDistiller CIFAR-100 protocol (github.com/HobbitLong/RepDisti
 `train_teacher.py`), which kdlab's cifar100 defaults follow. Numbers: the papers' CIFAR-100 tables as their
 repositories print them (SOURCES below). tests/test_sweep_report.py loads every file through kdlab.config.build
 and kdlab.methods.parse and checks the per-pair values.
+DeiT needs a ViT student with a distillation token, which no benchmark pair has: `deit_recipe` writes one labelled
+recipe file (resnet56 -> deit_tiny_cifar, the DeiT authors' training recipe, no published number).
 """
 
 from __future__ import annotations
@@ -94,6 +96,9 @@ SAME = {
     "ctkd": ("C", "71.19 73.52 73.39 75.45 73.93 73.52 70.99"),
     "dot": ("Z", "- - 75.12 - - 73.77 -"),
     "mlkd": ("J", "72.19 74.11 77.08 76.63 75.35 75.18 71.89"),
+    "sskd": ("X", "71.49 - 76.20 76.04 76.13 75.33 -"),
+    "sskd_teacher": ("X, the SSKD authors' own teacher", "73.44 - 79.63 76.46 76.46 75.38 -"),
+    "sskd_student": ("X, the SSKD authors' own student", "69.63 - 72.51 73.64 72.24 70.68 -"),
 }
 CROSS = {
     "teacher": ("R", "74.64 79.42 79.42 75.61"),
@@ -122,6 +127,10 @@ CROSS = {
     "sdd_dkd": ("W", "70.25 77.30 78.05 77.21"),
     "sdd_nkd": ("W", "69.50 76.34 77.07 76.81"),
     "mlkd": ("J", "70.57 - 78.44 -"),
+    "sskd": ("X", "71.53 78.44 78.61 77.40"),
+    "sskd_teacher": ("X, the SSKD authors' own teacher", "75.38 79.63 79.63 76.46"),
+    "sskd_student": ("X, the SSKD authors' own student", "65.79 70.77 73.12 70.77"),
+    "nkd": ("N", "68.72 75.31 76.26 75.96"),
 }
 SOURCES = {
     "R": "Tian, Krishnan, Isola, ICLR 2020 (arXiv:1910.10699), as in the github.com/HobbitLong/RepDistiller README; "
@@ -144,6 +153,26 @@ SOURCES = {
          "checked against the MLKD paper, whose repository's README has no table)",
     "ND": "the ReviewKD paper's comparison (Chen et al., CVPR 2021, arXiv:2104.09044) as quoted by the "
           "github.com/WangYZ1608/Knowledge-Distillation-via-ND README",
+    "X": "Xu, Liu, Li, Loy, ECCV 2020 (arXiv:2006.07114), as in the github.com/xuguodong03/SSKD README, whose "
+         "teachers and baseline students are the authors' own (not RepDistiller's); the README does not say which "
+         "epoch, the authors' student.py keeps the best",
+    "N": "the NKD column of the CIFAR-100 table of Wei et al., CVPR 2024 (arXiv:2403.13512), cifar100.png of "
+         "github.com/shicaiwei123/SDD-CVPR2024: the SDD authors' re-run with their repository's own copy of the NKD "
+         "loss (mdistiller/distillers/SDD_nkd.py; issue #3 there: the NKD authors' CIFAR-100 numbers could not be "
+         "reproduced), not a number of the NKD authors",
+}
+# Teacher and student rows of a method whose source trained its own (else the RepDistiller rows).
+BASELINES = {"sskd": ("sskd_teacher", "sskd_student")}
+# Methods without a published CIFAR-100 top-1 for the zoo pairs: what the header says instead.
+NOT_PUBLISHED = {
+    "wsld": "not published for CIFAR-100 in the authors' repository (github.com/bellymonster/"
+            "Weighted-Soft-Label-Distillation: ImageNet code and numbers only); the paper's own tables were not "
+            "read here, so none is copied",
+    "pad": "not published for CIFAR-100: no author code is public, and github.com/yoshitomo-matsubara/torchdistill, "
+           "whose settings this file follows, reports ImageNet only; the paper's own tables were not read here, so "
+           "none is copied",
+    "ofa": "not published for this pair: the OFA-KD CIFAR-100 experiments (github.com/Hao840/OFAKD configs/cifar/) "
+           "train ImageNet-architecture timm models on images upsampled to 224 px, not the 32-px zoo pairs",
 }
 
 
@@ -231,9 +260,64 @@ def published_hparams(pair: str, info: dict) -> dict[str, tuple[str, dict, str]]
                           "github.com/megvii-research/mdistiller configs/cifar100/dot/: KD with mdistiller's KD.* "
                           "(CE 0.1, KD 0.9, T 4) under the DOT trainer, SOLVER.DOT.DELTA 0.075 (optim.dot_delta's "
                           "default)")
+    configs["sskd"] = ("sskd", {"ce_weight": 0.1, "init_epochs": 60, "methods": {"sskd": {
+        "kd_weight": 0.9, "tf_weight": 2.7, "ss_weight": 10.0, "temperature": 4.0, "tf_temperature": 4.0,
+        "ss_temperature": 0.5, "tf_ratio": 1.0, "ss_ratio": 0.75}}},
+        "github.com/xuguodong03/SSKD student.py, whose argparse defaults command.sh uses for every pair: "
+        "--ce-weight 0.1 --kd-weight 0.9 --tf-weight 2.7 --ss-weight 10 --kd-T 4 --tf-T 4 --ss-T 0.5 --ratio-tf 1.0 "
+        "--ratio-ss 0.75, --t-epoch 60 for the teacher's projection head; 240 epochs, batch 64 (x4 rotations), "
+        "lr 0.05 (0.01 for MobileNetV2/ShuffleNet students), x0.1 at 150/180/210, wd 5e-4")
+    configs["nkd"] = ("nkd", {"methods": {"nkd": {"weight": 1.0, "temperature": 3.0, "gamma": 3.5}}},
+                      "github.com/yzd-v/cls_KD (branch 1.0) configs/distillers/cifar100/res34_distill_res18_cifar.py, "
+                      "the NKD authors' CIFAR-100 config (an mmcls ResNet-34 -> ResNet-18 pair): NKDLoss temp 3, "
+                      "gamma 3.5, CE 1")
+    configs["wsld"] = ("wsld", {"methods": {"wsld": {"weight": 2.25, "temperature": 4.0}}},
+                       "the re-implementation in github.com/yzd-v/cls_KD, configs/distillers/cifar100/"
+                       "res34_distill_res18_cifar.py (WSLDLoss temp 4, alpha 2.25, CE 1), the only public CIFAR-100 "
+                       "setting; the authors' github.com/bellymonster/Weighted-Soft-Label-Distillation is "
+                       "ImageNet-only (T 2, alpha 2.5)")
+    configs["pad"] = ("pad", {"methods": {"pad": {"weight": 1.0, "l2_weight": 15.0, "l2_fraction": 0.75,
+                                                  "eps": 1e-6}}},
+                      "github.com/yoshitomo-matsubara/torchdistill configs/official/ilsvrc2012/yoshitomo-matsubara/"
+                      "rrpr2020/ (ImageNet; no CIFAR-100 setting is published): 90 epochs of CE + 15 MSE "
+                      "(ce_l2-resnet18_from_resnet34.yaml), then 30 of CE + PAD-L2 with eps 1e-6 "
+                      "(pad_l2-resnet18_from_resnet34.yaml), so l2_fraction 90/120")
+    configs["ofa"] = ("ofa", {"methods": {"ofa": {"branch_weight": 1.0, "kd_weight": 1.0, "eps": 1.0,
+                                                  "temperature": 1.0}}},
+                      "github.com/Hao840/OFAKD train.py defaults (--ofa-stage 1 2 3 4, every student stage; "
+                      "--gt-loss-weight 1, --kd-loss-weight 1, --ofa-loss-weight 1, --ofa-temperature 1) and the "
+                      "--ofa-eps 1 of its README's CIFAR-100 command")
     if not info["same"] or info.get("no_fsp"):
         del configs["fsp"]  # RepDistiller's FSP needs equal widths; the CRD benchmark lists it as N/A here
     return configs
+
+
+def notes(name: str, pair: str) -> list[str]:
+    """Header lines a method needs beyond its hyperparameters: its stages, what its number is, what differs."""
+    if name == "sskd":
+        return ["Init stage: the teacher's projection head for 60 epochs, the authors' --t-epoch 60 (they train it "
+                "at --t-lr 0.05, x0.1 at 30 and 45; kdlab's init stage runs at the run's base LR, constant).",
+                "Each batch of 64 is also seen rotated by 90/180/270 degrees: both networks run on 256 images a "
+                "step, as the authors'."]
+    if name == "nkd" and not PAIRS[pair]["same"]:
+        return ["The [N] number is the SDD authors' re-run of NKD with their own copy of the loss, whose settings "
+                "may differ from this file's (the NKD authors' loss and values; docs/methods.md#nkd)."]
+    if name == "pad":
+        fraction = methods.get("pad").defaults["l2_fraction"]
+        l2 = round(fraction * 240)
+        return [f"Schedule: epochs 1-{l2} train CE + 15 MSE of the pooled embeddings (the L2 stage, {fraction} of the "
+                f"run as torchdistill's 90 of 120), epochs {l2 + 1}-240 CE + PAD-L2.",
+                f"PAD-L2 thus runs at x0.01 then x0.001 of the base LR (epochs {l2 + 1}-210, 211-240), where the L2 "
+                f"stage ends at x0.1; torchdistill's second stage is a new 30-epoch run at its first stage's final "
+                f"LR.",
+                "A student embedding of another width goes through a Linear to the teacher's (kdlab's extension; "
+                "the original needs equal widths)."]
+    if name == "ofa":
+        return ["No init stage. The authors' CIFAR-100 recipe (configs/cifar/cnn.yaml: 300 epochs, SGD lr 0.05, "
+                "cosine, batch 128 on 8 GPUs, label smoothing 0.1) is for 224-px timm models and is not used here.",
+                "The maintainer's reproduced CIFAR-100 run used an OFA branch weight of 0.1 (github.com/Hao840/OFAKD "
+                "issue #14)."]
+    return []
 
 
 def deviations(spec: str, settings: dict[str, Any], student: str = "") -> dict[str, Any]:
@@ -264,10 +348,16 @@ def published(pair: str, info: dict, row: str, used: dict[str, str]) -> str:
     """The published top-1 of `row` for this pair with its source's tag, recording the tag in `used`."""
     if row in PAPER_ONLY:
         return PAPER_ONLY[row]
+    if row in NOT_PUBLISHED:
+        return NOT_PUBLISHED[row]
     source, values = (SAME if info["same"] else CROSS).get(row, ("", ""))
     cells = values.split()
     value = cells[info["col"]] if cells else "-"
     if value == "-":
+        if row == "nkd":
+            return ("not published for this pair: the NKD authors' repository (github.com/yzd-v/cls_KD) has no "
+                    "CIFAR-100 number for the CRD benchmark's pairs (the paper's tables were not read here), and the "
+                    "SDD paper's re-runs (arXiv:2403.13512) cover its cross-architecture pairs only")
         return "not published for this pair"
     tag = source.split(",")[0]
     detail = f", {source.split(', ', 1)[1]}" if ", " in source else ""
@@ -288,6 +378,44 @@ def describe(settings: dict[str, Any]) -> str:
               for key, v in section.items()]
     items += [(k, v) for hp in settings.get("methods", {}).values() for k, v in hp.items()]
     return ", ".join(f"{k} {v}" for k, v in items)
+
+
+DEIT_TEACHER = "resnet56"  # a CNN teacher, as DeiT's (RegNetY-16GF); any configs/cifar100/train/ teacher works
+
+
+def deit_recipe() -> None:
+    """configs/cifar100/resnet56-deit_tiny_cifar/deit.yaml: DeiT needs a ViT student with a distillation token, which
+    no CRD benchmark pair has, so this one file is a kdlab recipe (the DeiT authors' training recipe at CIFAR size)
+    with no published number."""
+    teacher, student = DEIT_TEACHER, "deit_tiny_cifar"
+    pair = f"{teacher}-{student}"
+    used: dict[str, str] = {}
+    teacher_top1 = published("resnet56-resnet20", PAIRS["resnet56-resnet20"], "teacher", used)
+    header = [f"{teacher} -> {student} on CIFAR-100, deit: a kdlab recipe, not a published pair (no CIFAR-100 "
+              "benchmark pair has a ViT student with a distillation token).",
+              "Recipe: the DeiT authors' ImageNet training recipe (github.com/facebookresearch/deit main.py, "
+              "README_deit.md) at CIFAR size: 300 epochs, AdamW lr 5e-4 (their 5e-4 x batch/512, at batch 512),",
+              "weight decay 0.05, 5 warm-up epochs then cosine (to 0; theirs to 1e-5), mixup 0.8, CutMix 1.0, label "
+              "smoothing 0.1, RandAugment 2 ops at 27 of 30 (their rand-m9-mstd0.5-inc1: 9 of 10),",
+              "on kdlab's cifar100 crop+flip. Not in kdlab, so left out: random erasing 0.25, repeated augmentation, "
+              "drop-path 0.1, the magnitude noise of their RandAugment.",
+              "Published hyperparameters: mode hard, alpha 0.5, temperature 1.0, reduction mean; from "
+              "github.com/facebookresearch/deit main.py (--distillation-alpha 0.5, --distillation-tau 1.0) and its "
+              "README's training command (--distillation-type hard).",
+              "This file sets only what differs from kdlab's defaults (docs/methods.md#deit): the recipe above; the "
+              "method runs its defaults.",
+              f"Published top-1: no published CIFAR-100 number for this or any zoo pair (the DeiT README's numbers "
+              f"are ImageNet ones); teacher {teacher_top1}, student: no published baseline.",
+              *(f"[{tag}] {text}." for tag, text in used.items()),
+              f"Teacher first: kdlab train --config configs/cifar100/train/{teacher}.yaml --data-root DIR "
+              f"--out runs/cifar100/teachers/{teacher}",
+              f"Then: kdlab distill --config configs/cifar100/{pair}/deit.yaml --data-root DIR --seed 0"]
+    body = {"model": student, "teachers": [f"runs/cifar100/teachers/{teacher}/best.pt"], "method": "deit",
+            "label_smoothing": 0.1,
+            "data": {"name": "cifar100", "batch_size": 512, "mixup": 0.8, "cutmix": 1.0, "randaugment": "2,27"},
+            "optim": {"optimizer": "adamw", "epochs": 300, "lr": 5e-4, "weight_decay": 0.05, "schedule": "cosine",
+                      "warmup_epochs": 5}}
+    dump(OUT / pair / "deit.yaml", header, body)
 
 
 def main() -> None:
@@ -315,12 +443,17 @@ def main() -> None:
                       f"Published hyperparameters: {describe(settings)}; from {why}.",
                       f"This file sets only what differs from kdlab's defaults (docs/methods.md#{spec}): "
                       f"{sets or 'nothing'}."]
+            header += notes(name, pair)
             for key in ("dkd_beta", "reviewkd"):
                 if (pair, key) in ASSUMED and name in ({"dkd_beta": ("dkd", "dkd_ls"), "reviewkd": ("reviewkd",)}[key]):
                     header.append(f"ASSUMED {key.replace('_', ' ')}: {ASSUMED[(pair, key)][1]}.")
             used: dict[str, str] = {}
-            header += [f"Published top-1: {published(pair, info, name, used)}; teacher "
-                       f"{published(pair, info, 'teacher', used)}, student {published(pair, info, 'student', used)}.",
+            top1 = published(pair, info, name, used)
+            teacher_row, student_row = BASELINES.get(name, ("teacher", "student"))
+            if published(pair, info, teacher_row, {}).startswith("not published"):
+                teacher_row, student_row = "teacher", "student"
+            header += [f"Published top-1: {top1}; teacher {published(pair, info, teacher_row, used)}, student "
+                       f"{published(pair, info, student_row, used)}.",
                        *(f"[{tag}] {text}." for tag, text in used.items()),
                        f"Teacher first: kdlab train --config configs/cifar100/train/{teacher}.yaml --data-root DIR "
                        f"--out runs/cifar100/teachers/{teacher}",
@@ -329,6 +462,7 @@ def main() -> None:
                     **{k: v for k, v in changed.items() if k != "methods"},
                     **({"methods": changed["methods"]} if changed["methods"] else {}), "data": {"name": "cifar100"}}
             dump(OUT / pair / f"{name}.yaml", header, body)
+    deit_recipe()
 
 
 if __name__ == "__main__":

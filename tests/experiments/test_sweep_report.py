@@ -337,7 +337,8 @@ def test_configs_tree_covers_the_published_pairs():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_config_loads(path):
     config = cfg.build([cfg.load_yaml(path)])
-    assert config.data.name == "cifar100" and config.optim.epochs == 240
+    deit = path.stem == "deit"  # the one ViT recipe (configs/make_cifar100.py deit_recipe): DeiT's 300 AdamW epochs
+    assert config.data.name == "cifar100" and config.optim.epochs == (300 if deit else 240)
     models.model_info(config.model)
     if path.parent.name == "train":
         assert not config.method
@@ -345,6 +346,9 @@ def test_every_config_loads(path):
     teacher, student = path.parent.name.split("-")
     assert config.model == student and config.teachers == [f"runs/cifar100/teachers/{teacher}/best.pt"]
     methods.parse(config.method, config.methods)
+    if deit:
+        assert (config.optim.optimizer, config.optim.lr) == ("adamw", 5e-4)
+        return
     light = student.startswith(("mobilenet", "shufflenet"))
     # MLKD's configs carry its authors' LR (0.025; 0.01 for the light students, as the recipe's)
     assert config.optim.lr == (0.01 if light else 0.025 if path.stem == "mlkd" else 0.05)
