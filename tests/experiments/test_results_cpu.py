@@ -12,6 +12,8 @@ RUNS = REPO / "docs" / "results-cpu" / "runs"
 
 
 LONG_RUNS = REPO / "docs" / "results-cpu" / "runs-24ep"  # the 24-epoch check (configs/sweeps/cpu-cifar100-24ep.yaml)
+# The methods added after the first protocol run, with their own teacher, baseline and KD (another machine).
+LATER_RUNS = REPO / "docs" / "results-cpu" / "runs-b"
 
 
 def report_block(name: str = "report") -> str:
@@ -38,6 +40,12 @@ def test_long_schedule_table_is_the_report_of_its_committed_runs():
                                                              "top1,ece")
 
 
+def test_later_methods_table_is_the_report_of_its_committed_runs():
+    assert (LATER_RUNS / "cifar100" / "teachers" / "resnet20" / "s0" / "summary.json").is_file()
+    assert report_block("report-b").strip() == report_of(str(LATER_RUNS), "--epoch", "both", "--metrics",
+                                                          "top1,ece")
+
+
 def uncovered_methods() -> list[str]:
     """The names the document lists as not covered yet ("none" when it covers every method)."""
     text = DOC.read_text()
@@ -51,11 +59,16 @@ def table_rows(block: str) -> dict[str, str]:
     return {line.split("|")[1].strip(): line for line in top1.splitlines() if line.startswith("| ")}
 
 
+def covered_rows() -> dict[str, str]:
+    """The rows of both protocol blocks: the first run's and the later methods' (its baseline and KD rows too)."""
+    return {**table_rows(report_block("report-b")), **table_rows(report_block())}
+
+
 def test_protocol_covers_its_methods_with_the_required_seeds():
     from kdlab.methods import list_methods
 
-    rows, registered, uncovered = table_rows(report_block()), set(list_methods()), uncovered_methods()
-    assert "[n=2]" in rows["baseline"]
+    rows, registered, uncovered = covered_rows(), set(list_methods()), uncovered_methods()
+    assert "[n=2]" in rows["baseline"] and "[n=2]" in table_rows(report_block("report-b"))["baseline"]
     for method in registered - set(uncovered):  # covered: two seeds each
         if method in rows:
             assert "[n=2]" in rows[method], (method, rows[method])
@@ -73,7 +86,7 @@ def test_methods_missing_from_the_protocol_are_listed_or_flagged():
 
     from kdlab.methods import list_methods
 
-    rows = table_rows(report_block())
+    rows = covered_rows()
     missing = sorted(set(list_methods()) - set(rows) - set(uncovered_methods()))
     if missing:
         warnings.warn(f"docs/results-cpu.md neither covers nor lists as uncovered: {', '.join(missing)}",

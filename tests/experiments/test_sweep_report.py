@@ -501,3 +501,13 @@ def test_method_cell_compares_with_the_baseline_of_the_same_settings():
     none = method_cell(runs, signature, {(("optim.epochs", "8"),): same, (("optim.epochs", "9"),): other})
     assert none.baseline is None and none.gain("top1", "best") is None
     assert method_cell(runs, signature, {}).baseline is None
+
+
+def test_a_key_added_to_kdlab_after_a_run_counts_with_its_default_in_the_report():
+    """A run saved before `qat` (or any later key) existed groups with one saved with its default value."""
+    from kdlab.experiments.report import effective_config
+
+    old = {"model": "resnet8", "method": "kd", "optim": {"epochs": 10}}
+    new = {**old, "qat": False, "optim": {"epochs": 10, "dot_delta": 0.075}}
+    assert cfg.flatten(effective_config(old)) == cfg.flatten(effective_config(new))
+    assert cfg.flatten(effective_config({**new, "qat": True})) != cfg.flatten(effective_config(old))

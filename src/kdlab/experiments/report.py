@@ -112,7 +112,10 @@ class RunRecord:
 
 
 def effective_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The config with each method's defaults (and the default CE weight) written out."""
+    """The config with each method's defaults (and the default CE weight) written out, and every key the saved
+    config lacks (added to kdlab after the run) at its default, as a resume counts it: a run saved before `qat`
+    existed and one saved with `qat: false` are one group."""
+    config = cfg.merge(cfg.to_dict(cfg.Config()), config)
     spec = config.get("method")
     if not spec:
         return config
