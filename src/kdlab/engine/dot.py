@@ -72,13 +72,12 @@ def _momentum(state: dict, key: str, d_p: torch.Tensor, beta: float) -> torch.Te
     return buf
 
 
-def split_gradients(task: torch.Tensor, distill: torch.Tensor, params: Sequence[nn.Parameter], scale: float = 1.0
+def split_gradients(task: torch.Tensor, distill: torch.Tensor, params: Sequence[nn.Parameter]
                     ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
     """(∇task, ∇distill) for `params`, each averaged over ranks under DDP (autograd.grad bypasses DDP's reducer,
-    as the per-parameter clipping of KD-SVD does); `scale` multiplies both (a loss scale)."""
-    losses = (task * scale, distill * scale) if scale != 1.0 else (task, distill)
-    g_distill = torch.autograd.grad(losses[1], params, retain_graph=True, allow_unused=True)
-    g_task = torch.autograd.grad(losses[0], params, allow_unused=True)
+    as the per-parameter clipping of KD-SVD does). No loss scale: DOT refuses fp16."""
+    g_distill = torch.autograd.grad(distill, params, retain_graph=True, allow_unused=True)
+    g_task = torch.autograd.grad(task, params, allow_unused=True)
     return average_gradients(g_task), average_gradients(g_distill)
 
 

@@ -79,10 +79,10 @@ def apply_method_optimizer(config: Config, methods: list) -> None:
 
 def refuse_dot_with_own_backward(config: Config, methods: list) -> None:
     """KD-SVD and MHGD clip their distillation gradient to the task one inside the step; DOT keeps the two
-    apart, so the combination has no meaning (refused before anything is loaded)."""
-    dot = config.optim.optimizer == "dot" or any(m.optimizer == "dot" for m in methods)
+    apart, so the combination has no meaning (refused before anything is loaded). Called after
+    `apply_method_optimizer`, so optim.optimizer already says whether a method asked for DOT."""
     clipping = [m.name for m in methods if m.clip_to_ce]
-    if dot and clipping:
+    if config.optim.optimizer == "dot" and clipping:
         raise KdlabError(f"{', '.join(clipping)} clip their distillation gradient to the task gradient, and the DOT "
                          f"optimizer keeps the two apart: use --optimizer sgd with {', '.join(clipping)}")
 
