@@ -13,10 +13,11 @@ machine's load cancels. Methods with an init stage run their main phase; CRD get
 All steps use pre-made augmented batches in memory (the data pipeline is train_throughput.py's subject).
 Where the flagged methods' time goes: for each method over 25%, one training step of it and of KD under
 torch.utils.flop_counter (matrix products and convolutions, forward and backward) and torch.profiler: its
-FLOPs per image relative to KD's, and the share of its step spent in matrix decompositions (SVD,
-eigendecomposition, QR), which the FLOP counter does not see. A method whose FLOP ratio (plus its decomposition
-time) accounts for its measured overhead costs what its own arithmetic costs; one whose overhead exceeds that
-has overhead left to remove.
+FLOPs per image relative to KD's, and its extra CPU time over KD's (per image, from the profiles) split by
+operator kind: matrix operators (convolutions and matrix products, the FLOPs the counter sees), matrix
+decompositions (SVD, eigendecomposition, QR: the counter does not see them) and everything else (norms,
+elementwise, pooling, resizing, copies: memory-bound work the counter does not see either). A method whose
+extra time sits in its own arithmetic costs what that arithmetic costs; the split says which arithmetic.
 
     python benchmarks/distill_throughput.py --quick                  # every method, < 2 minutes
     python benchmarks/distill_throughput.py --threads 2 --json distill.json
@@ -232,26 +233,40 @@ def method_table(args: argparse.Namespace, dataset) -> list[dict]:
 
 
 DECOMPOSITIONS = ("svd", "eigh", "eig", "linalg_qr", "cholesky")  # profiler op names of matrix decompositions
+# Operators with a FLOP formula in torch.utils.flop_counter: convolutions (forward and backward) and matrix products.
+MATRIX_OPS = ("conv", "mm", "matmul", "linear", "addbmm", "baddbmm", "einsum", "_scaled_dot_product")
+OP_KINDS = ("matrix", "decomposition", "other")
+
+
+def op_kind(name: str) -> str:
+    """'decomposition', 'matrix' or 'other' for a profiler operator name (e.g. 'aten::mkldnn_convolution')."""
+    name = name.lower()
+    if any(d in name for d in DECOMPOSITIONS):
+        return "decomposition"
+    if any(m in name.split("::")[-1] for m in MATRIX_OPS):
+        return "matrix"
+    return "other"
 
 
 def step_cost(setup: Setup, method: str, precision: str) -> dict[str, float]:
-    """FLOPs per image of one training step of `method` and the share of its CPU time in decompositions."""
+    """FLOPs per image of one training step of `method` and its profiled CPU seconds per image by operator kind."""
     step = TrainerStep(setup.distill_objective(method), precision, setup.args.channels_last)
     step.run(setup.loader(1))  # warm-up: lazily built state, allocator
     with FlopCounterMode(display=False) as counter:
         step.run(setup.loader(1))
+    steps = 2
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        step.run(setup.loader(2))
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events) or 1.0
-    decomposition = sum(e.self_cpu_time_total for e in events
-                        if any(name in e.key.lower() for name in DECOMPOSITIONS))
+        step.run(setup.loader(steps))
+    images = steps * setup.args.batch_size
+    seconds = dict.fromkeys(OP_KINDS, 0.0)
+    for e in prof.key_averages():  # self times: each microsecond counted once, in the operator that spent it
+        seconds[op_kind(e.key)] += e.self_cpu_time_total / 1e6 / images
     return {"flops_per_image": counter.get_total_flops() / setup.args.batch_size,
-            "decomposition_share": decomposition / total}
+            **{f"{kind}_s_per_image": seconds[kind] for kind in OP_KINDS}}
 
 
 def cost_table(args: argparse.Namespace, dataset, methods: list[dict]) -> list[dict]:
-    """For every method over the flag: its step's FLOPs relative to KD's and its decompositions' time share."""
+    """For every method over the flag: its step's FLOPs relative to KD's and its extra time by operator kind."""
     results = []
     for r in methods:
         flagged = [m for m in r["methods"] if m.get("overhead_pct", 0.0) > OVERHEAD_FLAG]
@@ -259,13 +274,18 @@ def cost_table(args: argparse.Namespace, dataset, methods: list[dict]) -> list[d
             continue
         setup = Setup(r["teacher"], r["student"], args, dataset)
         kd = step_cost(setup, "kd", r["precision"])
+        kd_total = sum(kd[f"{kind}_s_per_image"] for kind in OP_KINDS)
         rows = []
         for m in flagged:
             cost = step_cost(setup, m["method"], r["precision"])
-            rows.append({"method": m["method"], "overhead_pct": m["overhead_pct"], **cost,
+            extra = {f"extra_{kind}_pct": 100 * (cost[f"{kind}_s_per_image"] - kd[f"{kind}_s_per_image"]) / kd_total
+                     for kind in OP_KINDS}
+            rows.append({"method": m["method"], "overhead_pct": m["overhead_pct"], **cost, **extra,
+                         "profiled_overhead_pct": sum(extra.values()),
                          "flops_ratio": cost["flops_per_image"] / kd["flops_per_image"]})
         results.append({"teacher": r["teacher"], "student": r["student"], "precision": r["precision"],
-                        "kd_flops_per_image": kd["flops_per_image"], "methods": rows})
+                        "kd_flops_per_image": kd["flops_per_image"], "kd_profiled_s_per_image": kd_total,
+                        "methods": rows})
     return results
 
 
@@ -274,10 +294,11 @@ def print_cost_tables(results: list[dict]) -> None:
         print(f"\n## Where the flagged methods' time goes, {r['teacher']} -> {r['student']}, {r['precision']} "
               f"(KD step: {r['kd_flops_per_image'] / 1e9:.3f} GFLOP per image)\n")
         rows = [[m["method"], f"{m['flops_per_image'] / 1e9:.3f}", f"{m['flops_ratio']:.2f}x",
-                 f"{100 * m['decomposition_share']:.0f}%", f"{m['overhead_pct']:+.0f}%",
-                 f"{100 * (m['flops_ratio'] - 1):+.0f}%"] for m in r["methods"]]
-        print(markdown_table(["method", "GFLOP per image", "FLOPs x KD", "decompositions' share of its step",
-                              "measured overhead", "overhead its FLOPs explain"], rows))
+                 f"{m['overhead_pct']:+.0f}%", f"{m['profiled_overhead_pct']:+.0f}%",
+                 *(f"{m[f'extra_{kind}_pct']:+.0f}%" for kind in OP_KINDS)] for m in r["methods"]]
+        print(markdown_table(["method", "GFLOP per image", "FLOPs x KD", "measured overhead", "profiled overhead",
+                              "of it: convolutions + matrix products", "decompositions",
+                              "other operators (norms, elementwise, copies)"], rows))
 
 
 def print_pair_table(results: list[dict]) -> None:

@@ -222,3 +222,31 @@ def test_compile_step_runs_end_to_end_with_the_tracing_backend():
     finally:
         sys.path.remove(str(BENCHMARKS))
     assert result["ratio"] > 0 and len(result["rates"]["compiled"]) == 2 and result["compile_seconds"] > 0
+
+
+@pytest.fixture(scope="module")
+def distill_throughput():
+    yield from _benchmark_module("distill_throughput")
+
+
+def test_operator_kinds_of_the_cost_table(distill_throughput):
+    kind = distill_throughput.op_kind
+    assert [kind(n) for n in ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::addmm", "aten::bmm")] \
+        == ["matrix"] * 4
+    assert [kind(n) for n in ("aten::linalg_eigh", "aten::_linalg_svd", "aten::linalg_qr")] == ["decomposition"] * 3
+    assert [kind(n) for n in ("aten::native_batch_norm", "aten::mul", "aten::copy_", "aten::cat")] == ["other"] * 4
+
+
+def test_cost_table_splits_a_flagged_methods_extra_time(distill_throughput, capsys):
+    """KD-SVD over KD: a second backward pass (more FLOPs) and eigendecompositions (which KD never runs)."""
+    bench = distill_throughput
+    args = bench.parse_args(["--quick", "--threads", "1"])
+    flagged = [{"teacher": "resnet8", "student": "resnet8", "precision": "fp32",
+                "methods": [{"method": "kd", "overhead_pct": 0.0}, {"method": "kdsvd", "overhead_pct": 99.0}]}]
+    (result,) = bench.cost_table(args, bench.training_set(args), flagged)
+    (row,) = result["methods"]  # only the method over the flag
+    assert row["method"] == "kdsvd" and row["flops_ratio"] > 1.0
+    assert row["decomposition_s_per_image"] > 0 and row["extra_decomposition_pct"] > 0
+    assert row["profiled_overhead_pct"] == pytest.approx(sum(row[f"extra_{k}_pct"] for k in bench.OP_KINDS))
+    bench.print_cost_tables([result])
+    assert "| kdsvd |" in capsys.readouterr().out

@@ -197,3 +197,11 @@ def test_combinations_without_meaning_are_refused_in_one_line(tmp_path, digits_t
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_split_gradients_of_a_graphless_distillation_loss_are_none():
+    """A step whose distillation term has no graph (nothing to distil yet) gives no distillation gradient."""
+    w = nn.Parameter(torch.tensor([2.0, -1.0]))
+    task = (w * torch.tensor([3.0, 4.0])).sum()
+    g_task, g_distill = split_gradients(task, torch.zeros(()), [w])
+    assert torch.equal(g_task[0], torch.tensor([3.0, 4.0])) and list(g_distill) == [None]

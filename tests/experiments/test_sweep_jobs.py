@@ -54,3 +54,39 @@ def test_jobs_below_one_is_one_line(tmp_path, capsys):
     file.write_text(yaml.safe_dump({"out": str(tmp_path / "s"), **SWEEP}))
     assert main(["sweep", str(file), "--jobs", "0"]) == 2
     assert "--jobs must be >= 1" in capsys.readouterr().err
+
+
+def test_serial_done_lines_give_each_runs_own_seconds(tmp_path, monkeypatch):
+    """`--jobs 1` reports every run's duration, not the time since the sweep started."""
+    import itertools
+
+    from kdlab.experiments import sweep as sweep_module
+
+    clock = itertools.count(0.0, 50.0)  # every reading 50 s after the previous one
+    monkeypatch.setattr(sweep_module.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(sweep_module, "run_train",
+                        lambda config, resume, quiet: {"last": {"test_top1": 1.0}, "best_top1": 1.0, "best_epoch": 1})
+    runs = [sweep_module.PlannedRun(name=f"d/students/m/s{i}", kind="baseline", run_dir=tmp_path / f"s{i}",
+                                    config=None) for i in range(3)]
+    lines: list[str] = []
+    assert sweep_module._execute(runs, True, lines.append) == {}
+    assert [line.rsplit("[", 1)[1] for line in lines if "done:" in line] == ["50 s]"] * 3
+
+
+def test_parallel_done_line_gives_the_runs_own_seconds(monkeypatch):
+    """`--jobs N`: a finished run's line counts from when that run started, not from the sweep's start."""
+    import queue
+    from types import SimpleNamespace
+
+    from kdlab.experiments import parallel
+
+    run = SimpleNamespace(name="d/students/m/s0", state="new")
+    results = queue.Queue()
+    results.put((run.name, None, {"last": {"test_top1": 2.0}, "best_top1": 2.0, "best_epoch": 3}))
+    running = {run.name: (SimpleNamespace(join=lambda: None), run, 1000.0)}  # started at t = 1000 s
+    monkeypatch.setattr(parallel.time, "perf_counter", lambda: 1042.0)
+    lines: list[str] = []
+    done: set[str] = set()
+    parallel._collect(results, running, {}, done, lines.append)
+    assert lines == ["    d/students/m/s0 done: last top-1 2.00%, best 2.00% (epoch 3) [42 s]"]
+    assert done == {run.name} and not running

@@ -392,7 +392,11 @@ def test_cpu_sweep_file_plans(tmp_path):
     self_sweep = load_sweep(REPO / "configs" / "sweeps" / "cpu-cifar100-self.yaml", out=str(tmp_path / "cpu"))
     self_runs = [r for r in self_sweep.runs if r.kind == "distill"]
     assert [r.name for r in self_runs] == [f"cifar100-f0.1/resnet8-self-resnet8/tfkd_self/s{s}" for s in (0, 1)]
-    planned, registered = set(by_method) | {"tfkd_self"}, set(methods.list_methods())
+    # deit needs a ViT student: its column (baseline, kd, deit on deit_tiny_cifar) is a third file
+    vit_sweep = load_sweep(REPO / "configs" / "sweeps" / "cpu-cifar100-vit.yaml", out=str(tmp_path / "cpu"))
+    vit_methods = {r.name.split("/")[-2] for r in vit_sweep.runs if r.kind == "distill"}
+    assert vit_methods == {"kd", "deit"}
+    planned, registered = set(by_method) | {"tfkd_self"} | vit_methods, set(methods.list_methods())
     assert planned <= registered, sorted(planned - registered)
     if registered - planned:  # a new method needs no sweep entry for the suite to pass; the gap is shown
         warnings.warn(f"configs/sweeps/cpu-cifar100.yaml does not plan: {', '.join(sorted(registered - planned))}",
@@ -402,6 +406,11 @@ def test_cpu_sweep_file_plans(tmp_path):
     main_file = yaml.safe_load((REPO / "configs" / "sweeps" / "cpu-cifar100.yaml").read_text())
     self_file = yaml.safe_load((REPO / "configs" / "sweeps" / "cpu-cifar100-self.yaml").read_text())
     assert self_file["out"] == main_file["out"]
+    # the ViT and bf16 files train under the main root from the same teacher entry, so its teacher run is reused
+    for extra in ("cpu-cifar100-vit.yaml", "cpu-cifar100-bf16.yaml"):
+        extra_file = yaml.safe_load((REPO / "configs" / "sweeps" / extra).read_text())
+        assert extra_file["out"] == main_file["out"] and extra_file["teachers"] == main_file["teachers"], extra
+        assert extra_file["config"] == main_file["config"], extra
     assert self_file["teachers"]["resnet8-self"]["checkpoint"] == f"{main_file['out']}/{baseline_s0.name}/best.pt"
     for run in sweep.runs + self_runs:
         assert run.config.precision == "fp32" and run.config.channels_last and run.config.data.name == "cifar100"

@@ -75,8 +75,10 @@ def _momentum(state: dict, key: str, d_p: torch.Tensor, beta: float) -> torch.Te
 def split_gradients(task: torch.Tensor, distill: torch.Tensor, params: Sequence[nn.Parameter]
                     ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
     """(∇task, ∇distill) for `params`, each averaged over ranks under DDP (autograd.grad bypasses DDP's reducer,
-    as the per-parameter clipping of KD-SVD does). No loss scale: DOT refuses fp16."""
-    g_distill = torch.autograd.grad(distill, params, retain_graph=True, allow_unused=True)
+    as the per-parameter clipping of KD-SVD does). No loss scale: DOT refuses fp16. A distillation loss without a
+    graph (a warm-up factor of 0) has no gradient: None for every parameter."""
+    g_distill = (torch.autograd.grad(distill, params, retain_graph=True, allow_unused=True) if distill.requires_grad
+                 else (None,) * len(params))
     g_task = torch.autograd.grad(task, params, allow_unused=True)
     return average_gradients(g_task), average_gradients(g_distill)
 

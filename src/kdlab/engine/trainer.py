@@ -479,8 +479,6 @@ class Trainer:
                              "objective gives one loss (kdlab train and kdlab mutual have no distillation loss); "
                              "use optim.optimizer=sgd")
         task, distill = out.parts
-        if not distill.requires_grad:  # e.g. a warm-up factor of 0: the step has no distillation gradient
-            distill = task.new_zeros((), requires_grad=True)
         params = [p for p in self.clipped_params if p.requires_grad]  # not the modules a main phase freezes
         g_task, g_distill = split_gradients(task, distill, params)
         for p, g in zip(params, g_task, strict=True):

@@ -50,10 +50,10 @@ def execute_parallel(todo: list[Any], jobs: int, echo: Callable[[str], None],
     threads = threads_per_job(jobs)
     pending = list(todo)
     names = {run.name for run in todo}
-    running: dict[str, tuple[Any, Any]] = {}  # run name -> (process, run)
+    running: dict[str, tuple[Any, Any, float]] = {}  # run name -> (process, run, when it started)
     failed: dict[str, str] = {}
     done: set[str] = set()
-    start, started = time.perf_counter(), 0
+    started = 0
     echo(f"running {len(todo)} runs, {jobs} at a time, {threads} thread(s) each")
     try:
         while pending or running:
@@ -68,31 +68,31 @@ def execute_parallel(todo: list[Any], jobs: int, echo: Callable[[str], None],
                     process = ctx.Process(target=_worker, args=(run.name, run.kind, run.config,
                                                                 run.state == "resume", threads, results))
                     process.start()
-                    running[run.name] = (process, run)
+                    running[run.name] = (process, run, time.perf_counter())
                     started += 1
                     echo(f"[{started}/{len(todo)}] {'resume' if run.state == 'resume' else 'start'} {run.name}")
-            _collect(results, running, failed, done, echo, start)
+            _collect(results, running, failed, done, echo)
     except KeyboardInterrupt:
-        for process, _ in running.values():
+        for process, _, _ in running.values():
             process.terminate()
         echo("sweep interrupted; run the same sweep command again to resume its runs")
         raise
     return failed
 
 
-def _collect(results: Any, running: dict[str, tuple[Any, Any]], failed: dict[str, str], done: set[str],
-             echo: Callable[[str], None], start: float) -> None:
-    """Wait a moment for finished runs; record each one's outcome."""
+def _collect(results: Any, running: dict[str, tuple[Any, Any, float]], failed: dict[str, str], done: set[str],
+             echo: Callable[[str], None]) -> None:
+    """Wait a moment for finished runs; record each one's outcome (a finished run's line gives its own seconds)."""
     try:
         name, error, summary = results.get(timeout=POLL_S)
     except Exception:  # queue.Empty: nothing finished yet; look for a child that died without a word
-        for name, (process, run) in list(running.items()):
+        for name, (process, run, _) in list(running.items()):
             if process.exitcode is not None and not process.is_alive():
                 running.pop(name)
                 failed[run.name] = f"its process ended with exit code {process.exitcode}"
                 echo(f"    {run.name} failed: {failed[run.name]}")
         return
-    process, run = running.pop(name)
+    process, run, start = running.pop(name)
     process.join()
     if error is not None:
         failed[run.name] = error

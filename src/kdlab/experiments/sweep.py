@@ -676,14 +676,13 @@ def _refuse_to_start(sweep: Sweep, runs: list[PlannedRun]) -> None:
 def _execute(todo: list[PlannedRun], quiet: bool, echo: Callable[[str], None]) -> dict[str, str]:
     """Run `todo` in order, skipping the runs whose teacher failed; returns run name -> why it failed."""
     failed: dict[str, str] = {}
-    start = time.perf_counter()
     for index, run in enumerate(todo, 1):
         if run.teacher in failed:
             failed[run.name] = f"its teacher {run.teacher} failed"
             echo(f"[{index}/{len(todo)}] skip {run.name}: {failed[run.name]}")
             continue
         echo(f"[{index}/{len(todo)}] {'resume' if run.state == 'resume' else 'start'} {run.name}")
-        error = _execute_one(run, quiet, echo, start)
+        error = _execute_one(run, quiet, echo)
         if error is not None:
             failed[run.name] = error
             echo(f"    failed: {error}")
@@ -695,10 +694,11 @@ def _clear_if_new(run: PlannedRun) -> None:
         _clear_partial(run.run_dir)
 
 
-def _execute_one(run: PlannedRun, quiet: bool, echo: Callable[[str], None], start: float) -> str | None:
+def _execute_one(run: PlannedRun, quiet: bool, echo: Callable[[str], None]) -> str | None:
     """One run (a partial one without checkpoint cleared first); None when it finished, else why it failed.
     A bug in one run must not lose a night of others, so any exception is caught (its traceback printed);
-    Ctrl-C stops the sweep."""
+    Ctrl-C stops the sweep. The 'done' line gives the run's own seconds, as the parallel path does."""
+    start = time.perf_counter()
     _clear_if_new(run)
     runner: Runner = run_train if run.kind in ("teacher", BASELINE) else run_distill
     try:
