@@ -14,6 +14,8 @@ RUNS = REPO / "docs" / "results-cpu" / "runs"
 LONG_RUNS = REPO / "docs" / "results-cpu" / "runs-24ep"  # the 24-epoch check (configs/sweeps/cpu-cifar100-24ep.yaml)
 # The methods added after the first protocol run, with their own teacher, baseline and KD (another machine).
 LATER_RUNS = REPO / "docs" / "results-cpu" / "runs-b"
+# A ViT student column (DeiT needs one) and bf16 beside fp32, with their own teacher (a third machine).
+VIT_BF16_RUNS = REPO / "docs" / "results-cpu" / "runs-c"
 
 
 def report_block(name: str = "report") -> str:
@@ -46,6 +48,12 @@ def test_later_methods_table_is_the_report_of_its_committed_runs():
                                                           "top1,ece")
 
 
+def test_vit_and_bf16_table_is_the_report_of_its_committed_runs():
+    assert (VIT_BF16_RUNS / "cifar100" / "teachers" / "resnet20" / "s0" / "summary.json").is_file()
+    assert report_block("report-c").strip() == report_of(str(VIT_BF16_RUNS), "--epoch", "both", "--metrics",
+                                                          "top1,ece")
+
+
 def uncovered_methods() -> list[str]:
     """The names the document lists as not covered yet ("none" when it covers every method)."""
     text = DOC.read_text()
@@ -60,8 +68,10 @@ def table_rows(block: str) -> dict[str, str]:
 
 
 def covered_rows() -> dict[str, str]:
-    """The rows of both protocol blocks: the first run's and the later methods' (its baseline and KD rows too)."""
-    return {**table_rows(report_block("report-b")), **table_rows(report_block())}
+    """The rows of the protocol blocks: the first run's, the later methods' and the ViT column's (their own
+    baseline and KD rows too)."""
+    return {**table_rows(report_block("report-c")), **table_rows(report_block("report-b")),
+            **table_rows(report_block())}
 
 
 def test_protocol_covers_its_methods_with_the_required_seeds():
