@@ -314,3 +314,27 @@ def test_reviewkd_shapes_and_warmup():
         early = float(loss_fn(x, y, epoch=5).terms["reviewkd"])
         late = float(loss_fn(x, y, epoch=20).terms["reviewkd"])
     assert early == pytest.approx(0.25 * late, rel=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("sizes", [((8, 8), (4, 4)), ((7, 5), (3, 2)), ((4, 4), (1, 1))])
+def test_abf_blend_is_the_official_concatenation_form(sizes, channels_last):
+    """ABF's attention without the concatenation gives the official cat -> 1x1 conv -> sigmoid -> blend values
+    (float64: only the summation order differs), for integer, uneven and 1x1-residual resizing alike."""
+    from kdlab.methods.reviewkd import ABF
+
+    torch.manual_seed(0)
+    (h, w), (rh, rw) = sizes
+    abf = ABF(6, 8, 5, fuse=True).double().eval()
+    torch.nn.init.normal_(abf.att_conv[0].bias)
+    x, r = torch.randn(3, 6, h, w, dtype=torch.float64), torch.randn(3, 8, rh, rw, dtype=torch.float64)
+    if channels_last:
+        abf, x = abf.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+    out, fused = abf(x, r, (h, w))
+    mid = abf.conv1(x)
+    up = torch.nn.functional.interpolate(r, size=(h, w), mode="nearest")
+    att = abf.att_conv(torch.cat([mid, up], dim=1))
+    expected = mid * att[:, :1] + up * att[:, 1:2]
+    # float64 rounding of sums over 16 channels: ~1e-15 of values of order 1
+    assert torch.allclose(fused, expected, rtol=0, atol=1e-12)
+    assert torch.allclose(out, abf.conv2(expected), rtol=0, atol=1e-12)

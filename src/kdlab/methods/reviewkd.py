@@ -60,12 +60,34 @@ class ABF(nn.Module):
         if self.att_conv is not None:
             if residual is None:
                 raise ValueError("a fusing ABF needs the deeper level's residual")
-            residual = F.interpolate(residual, size=x.shape[-2:], mode="nearest")
-            w = self.att_conv(torch.cat([x, residual], dim=1))
-            x = x * w[:, :1] + residual * w[:, 1:2]
+            x = self.blend(x, residual)
         if tuple(x.shape[-2:]) != tuple(out_size):
             x = F.interpolate(x, size=tuple(out_size), mode="nearest")
         return self.conv2(x), x
+
+    def blend(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """x·a + r·b with [a, b] = sigmoid(att_conv([x, r])), r = the residual nearest-resized to x's size.
+
+        The official form concatenates x and r. Here the 1x1 attention convolution is split over its two inputs,
+        and its residual half runs at the residual's own size before the resizing (a 1x1 convolution commutes with
+        nearest resizing, which only copies positions): the same values up to summation order, without the
+        concatenation's wide full-resolution copy. Two output channels: a matrix product, not a convolution call.
+        """
+        conv = self.att_conv[0]
+        weight = conv.weight.flatten(1)  # (2, C_x + C_r)
+        c = x.shape[1]
+        logits = _channel_mix(weight[:, :c], x) + _resize(_channel_mix(weight[:, c:], residual), x.shape[-2:])
+        att = torch.sigmoid(logits + conv.bias.view(1, -1, 1, 1)).to(x.dtype)  # x's dtype, as the conv's under autocast
+        return x * att[:, :1] + _resize(residual, x.shape[-2:]) * att[:, 1:2]
+
+
+def _channel_mix(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A bias-free 1x1 convolution, (O, C) weights on a (B, C, H, W) map, as one batched matrix product."""
+    return torch.matmul(weight, x.flatten(2)).view(x.shape[0], weight.shape[0], *x.shape[-2:])
+
+
+def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=tuple(size), mode="nearest")
 
 
 @register
