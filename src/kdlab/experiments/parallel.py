@@ -100,6 +100,12 @@ def _collect(results: Any, running: dict[str, tuple[Any, Any, float]], failed: d
         return
     run.state = "done"
     done.add(run.name)
-    last = summary["last"]
-    echo(f"    {run.name} done: last top-1 {last.get('test_top1', float('nan')):.2f}%, best "
-         f"{summary['best_top1']:.2f}% (epoch {summary['best_epoch']}) [{time.perf_counter() - start:.0f} s]")
+    echo(f"    {run.name} {done_line(summary, start)}")
+
+
+def done_line(summary: dict[str, Any], start: float) -> str:
+    """A finished run's line, serial and parallel alike: its last and best top-1 and its own seconds since
+    `start` (a time.perf_counter() reading taken when that run began)."""
+    last = summary.get("last", {})
+    return (f"done: last top-1 {last.get('test_top1', float('nan')):.2f}%, best {summary['best_top1']:.2f}% "
+            f"(epoch {summary['best_epoch']}) [{time.perf_counter() - start:.0f} s]")

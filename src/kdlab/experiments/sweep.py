@@ -35,7 +35,7 @@ from kdlab import data as datasets
 from kdlab import models
 from kdlab.engine.logging import read_metrics
 from kdlab.errors import KdlabError, closest
-from kdlab.experiments.parallel import execute_parallel
+from kdlab.experiments.parallel import done_line, execute_parallel
 from kdlab.methods import get, parse
 from kdlab.runner.distill import apply_method_optimizer, run_distill
 from kdlab.runner.train import run_train
@@ -697,7 +697,7 @@ def _clear_if_new(run: PlannedRun) -> None:
 def _execute_one(run: PlannedRun, quiet: bool, echo: Callable[[str], None]) -> str | None:
     """One run (a partial one without checkpoint cleared first); None when it finished, else why it failed.
     A bug in one run must not lose a night of others, so any exception is caught (its traceback printed);
-    Ctrl-C stops the sweep. The 'done' line gives the run's own seconds, as the parallel path does."""
+    Ctrl-C stops the sweep."""
     start = time.perf_counter()
     _clear_if_new(run)
     runner: Runner = run_train if run.kind in ("teacher", BASELINE) else run_distill
@@ -712,7 +712,5 @@ def _execute_one(run: PlannedRun, quiet: bool, echo: Callable[[str], None]) -> s
         traceback.print_exc(file=sys.stderr)
         return f"{type(exc).__name__}: {exc}"
     run.state = "done"
-    last = summary.get("last", {})
-    echo(f"    done: last top-1 {last.get('test_top1', float('nan')):.2f}%, best {summary['best_top1']:.2f}% "
-         f"(epoch {summary['best_epoch']}) [{time.perf_counter() - start:.0f} s]")
+    echo(f"    {done_line(summary, start)}")
     return None

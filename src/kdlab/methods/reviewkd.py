@@ -61,8 +61,7 @@ class ABF(nn.Module):
             if residual is None:
                 raise ValueError("a fusing ABF needs the deeper level's residual")
             x = self.blend(x, residual)
-        if tuple(x.shape[-2:]) != tuple(out_size):
-            x = F.interpolate(x, size=tuple(out_size), mode="nearest")
+        x = _resize(x, out_size)
         return self.conv2(x), x
 
     def blend(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
